@@ -1,0 +1,33 @@
+"""arrseg: CNN image segmentation on NumPy, CuPy or any array API namespace.
+
+Given images Y0 of shape (N, C, H, W), the network
+
+    P = softmax(W^T sigma(K(theta) Y0 + B b) + c)
+
+gives per-pixel probabilities of n_c classes, and is trained by minimising
+the mean cross-entropy over labelled pixels.
+
+Public names
+------------
+Params, init_params
+    The parameters (K, b, W, c) and their initialisation.
+predict_proba, loss_and_grad
+    The network's forward pass, and its loss with the analytic gradient.
+arrseg.testing
+    Taylor (derivative) and adjoint checks, backend-agnostic comparisons.
+arrseg.data
+    Synthetic data.
+arrseg.numerics
+    The array-API reference implementation (convolution operator and its
+    adjoint and Jacobians, activations, classifier).
+
+Importing arrseg imports neither CuPy nor PyTorch.
+"""
+
+from . import data, testing
+from ._version import __version__
+from .network import loss_and_grad, predict_proba
+from .params import Params, init_params
+
+__all__ = ["Params", "init_params", "predict_proba", "loss_and_grad", "data",
+           "testing", "__version__"]

@@ -1,0 +1,265 @@
+"""Argument checks of the public functions.
+
+Every check names the argument, the value received and what was expected.
+Shape and dtype checks cost nothing; the value checks (finite images and
+parameters, labels in range, class weights) are reduced on the device into
+one small array and brought to the host once, so a checked call costs one
+synchronisation however many arrays it checks.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+from ._backend import device, namespace_of, to_numpy
+from .params import Params
+
+__all__ = ["check_choice", "Checked", "check_call"]
+
+
+def check_choice(name, value, choices):
+    """Raise ValueError unless ``value`` is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(
+            f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
+        )
+    return value
+
+
+def _float_name(xp, dtype):
+    for name in ("float32", "float64"):
+        if dtype == getattr(xp, name):
+            return name
+    return None
+
+
+def _as_params(params):
+    if isinstance(params, Params):
+        return params
+    if isinstance(params, tuple) and len(params) in (3, 4):
+        return Params(*params)
+    raise TypeError(
+        "params must be an arrseg.Params (K, b, W, c), as returned by "
+        f"arrseg.init_params; got {type(params).__name__}"
+    )
+
+
+def _check_param_shapes(p, xp):
+    for name in ("K", "b", "W"):
+        if getattr(p, name) is None:
+            raise TypeError(f"params.{name} must be an array, got None")
+    K, b, W, c = p
+    if K.ndim != 4:
+        raise ValueError(
+            f"params.K must have shape (k, C, s, s), got ndim {K.ndim} "
+            f"(shape {tuple(K.shape)})"
+        )
+    k, _, s, s2 = K.shape
+    if s != s2:
+        raise ValueError(
+            f"params.K must hold square s x s kernels, got {s} x {s2} "
+            f"(shape {tuple(K.shape)})"
+        )
+    if s % 2 == 0:
+        raise ValueError(
+            f"params.K's kernel size must be odd (the output keeps the input's "
+            f"size), got s = {s} (shape {tuple(K.shape)})"
+        )
+    if min(K.shape) < 1:
+        raise ValueError(f"params.K must not be empty, got shape {tuple(K.shape)}")
+    if tuple(b.shape) != (k,):
+        raise ValueError(
+            f"params.b must have shape (k,) = ({k},) to match params.K, got "
+            f"shape {tuple(b.shape)}"
+        )
+    if W.ndim != 2 or W.shape[0] != k or W.shape[1] < 1:
+        raise ValueError(
+            f"params.W must have shape (k, n_c) with k = {k} from params.K, got "
+            f"shape {tuple(W.shape)}"
+        )
+    n_c = W.shape[1]
+    if c is not None and tuple(c.shape) != (n_c,):
+        raise ValueError(
+            f"params.c must have shape (n_c,) = ({n_c},) to match params.W, or "
+            f"be None; got shape {tuple(c.shape)}"
+        )
+    dtypes = {name: a.dtype for name, a in zip(Params._fields, p) if a is not None}
+    for name, dt in dtypes.items():
+        if _float_name(xp, dt) is None:
+            raise TypeError(
+                f"params.{name} must be float32 or float64, got dtype {dt}"
+            )
+    if len(set(_float_name(xp, dt) for dt in dtypes.values())) > 1:
+        listing = ", ".join(f"{n}: {_float_name(xp, d)}" for n, d in dtypes.items())
+        raise TypeError(
+            f"params must share one dtype, got {listing}; cast them with astype"
+        )
+
+
+def _check_images(x, p, xp):
+    if x.ndim != 4:
+        hint = " (for one image, pass x[None])" if x.ndim == 3 else ""
+        raise ValueError(
+            f"x must have shape (N, C, H, W), got ndim {x.ndim} "
+            f"(shape {tuple(x.shape)}){hint}"
+        )
+    if min(x.shape) < 1:
+        raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
+    C = p.K.shape[1]
+    if x.shape[1] != C:
+        raise ValueError(
+            f"x has {x.shape[1]} channels (shape {tuple(x.shape)}) but params.K "
+            f"expects C = {C} (shape {tuple(p.K.shape)})"
+        )
+    if xp.isdtype(x.dtype, ("real floating")):
+        if _float_name(xp, x.dtype) is None:
+            raise TypeError(
+                f"x must be float32 or float64 (or integer/bool, converted), got "
+                f"dtype {x.dtype}; float16 is not supported, cast with "
+                "astype(float32)"
+            )
+        return True
+    if xp.isdtype(x.dtype, ("integral", "bool")):
+        return False
+    raise TypeError(f"x must be a real (float, integer or bool) array, got dtype {x.dtype}")
+
+
+def _check_labels(labels, x, xp):
+    if labels.ndim != 3 or tuple(labels.shape) != (x.shape[0],) + tuple(x.shape[2:]):
+        raise ValueError(
+            f"labels must have shape (N, H, W) = {(x.shape[0],) + tuple(x.shape[2:])} "
+            f"to match x of shape {tuple(x.shape)}, got shape {tuple(labels.shape)}"
+        )
+    if not xp.isdtype(labels.dtype, ("integral", "bool")):
+        raise TypeError(
+            f"labels must be an integer array of class indices, got dtype "
+            f"{labels.dtype}"
+        )
+    # one signed type, so that comparisons with ignore_index = -100 are
+    # defined for uint8 labels too (the standard leaves out-of-range Python
+    # scalars undefined)
+    return labels if labels.dtype == xp.int64 else xp.astype(labels, xp.int64)
+
+
+def _check_class_weight(class_weight, n_c, dtype, xp, dev):
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, (list, tuple)):
+        try:
+            class_weight = xp.asarray(np.asarray(class_weight, dtype=np.float64),
+                                      dtype=dtype, device=dev)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"class_weight must be a sequence of numbers, got {class_weight!r}"
+            ) from None
+    if class_weight.ndim != 1 or class_weight.shape[0] != n_c:
+        raise ValueError(
+            f"class_weight must have shape (n_c,) = ({n_c},), one weight per "
+            f"class, got shape {tuple(class_weight.shape)}"
+        )
+    if not xp.isdtype(class_weight.dtype, ("real floating", "integral")):
+        raise TypeError(f"class_weight must be real, got dtype {class_weight.dtype}")
+    return xp.astype(class_weight, dtype)
+
+
+class Checked:
+    """Validated, converted arguments of one public call.
+
+    Attributes
+    ----------
+    xp : namespace
+    x : array (N, C, H, W) in ``dtype``
+    params : Params in ``dtype``
+    labels, class_weight : arrays or None
+    dtype : the compute dtype (float64 if x or params is float64)
+    out_dtype : dtype of P (x's float dtype; params' for integer images)
+    param_dtype : dtype of the loss and the gradients
+    """
+
+    __slots__ = ("xp", "x", "params", "labels", "class_weight", "dtype",
+                 "out_dtype", "param_dtype")
+
+
+def check_call(x, params, labels=None, class_weight=None, ignore_index=-100):
+    """Validate and convert the arguments of predict_proba / loss_and_grad.
+
+    Raises TypeError or ValueError naming the bad argument. See the
+    module docstring for the cost.
+    """
+    p = _as_params(params)
+    cw_array = None if isinstance(class_weight, (list, tuple)) else class_weight
+    xp = namespace_of(x=x, labels=labels, **{f"params.{n}": a for n, a in
+                                           zip(Params._fields, p)},
+                      class_weight=cw_array)
+    _check_param_shapes(p, xp)
+    x_is_float = _check_images(x, p, xp)
+    param_dtype = p.K.dtype
+    out_dtype = x.dtype if x_is_float else param_dtype
+    dtype = xp.result_type(out_dtype, param_dtype)
+    if x.dtype != dtype:
+        x = xp.astype(x, dtype)
+    if param_dtype != dtype:
+        p = Params(*(None if a is None else xp.astype(a, dtype) for a in p))
+
+    if labels is not None:
+        labels = _check_labels(labels, x, xp)
+        try:
+            ignore_index = operator.index(ignore_index)
+        except TypeError:
+            raise TypeError(
+                f"ignore_index must be an integer, got {ignore_index!r}"
+            ) from None
+        class_weight = _check_class_weight(class_weight, p.W.shape[1], dtype, xp,
+                                           device(x))
+
+    _check_values(x, p, labels, class_weight, ignore_index, xp)
+
+    out = Checked()
+    out.xp, out.x, out.params, out.labels = xp, x, p, labels
+    out.class_weight, out.dtype = class_weight, dtype
+    out.out_dtype, out.param_dtype = out_dtype, param_dtype
+    return out
+
+
+def _check_values(x, p, labels, class_weight, ignore_index, xp):
+    """All value checks in one reduction and one host transfer."""
+    names, flags = [], []
+    for name, a in [("x", x)] + [(f"params.{n}", a) for n, a in
+                                 zip(Params._fields, p)]:
+        if a is not None:
+            names.append(name)
+            flags.append(xp.all(xp.isfinite(a)))
+    n_c = p.W.shape[1]
+    if labels is not None:
+        valid = (labels >= 0) & (labels < n_c)
+        valid = valid | (labels == ignore_index)
+        names.append("labels")
+        flags.append(xp.all(valid))
+    if class_weight is not None:
+        names.append("class_weight")
+        flags.append(xp.all(xp.isfinite(class_weight) & (class_weight >= 0)))
+    ok = to_numpy(xp.astype(xp.stack(flags), xp.int8)).astype(bool)
+    if ok.all():
+        return
+    bad = names[int(np.argmin(ok))]
+    if bad == "labels":
+        lab = to_numpy(labels)
+        outside = lab[((lab < 0) | (lab >= n_c)) & (lab != ignore_index)]
+        raise ValueError(
+            f"labels must be class indices in [0, {n_c}) or ignore_index = "
+            f"{ignore_index}; got {outside.size} other value(s), e.g. "
+            f"{sorted(set(outside.tolist()))[:5]}"
+        )
+    if bad == "class_weight":
+        raise ValueError(
+            "class_weight must be finite and non-negative, got "
+            f"{to_numpy(class_weight).tolist()}"
+        )
+    arr = to_numpy(x if bad == "x" else getattr(p, bad.split(".")[1]))
+    n_bad = int(np.sum(~np.isfinite(arr)))
+    raise ValueError(
+        f"{bad} must be finite, got {n_bad} non-finite value(s) (NaN or inf) "
+        f"of {arr.size}"
+    )

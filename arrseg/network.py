@@ -1,0 +1,162 @@
+"""Public entry points of the network: :func:`predict_proba`, :func:`loss_and_grad`.
+
+Each call resolves the array namespace once, validates its arguments
+(:mod:`arrseg._validation`), chooses a method and delegates to it. The only
+method in this release is ``"direct"``, the array-API reference in
+:mod:`arrseg.numerics`; ``method="auto"`` chooses it.
+"""
+
+from __future__ import annotations
+
+from .numerics import forward_backward
+from ._validation import check_call, check_choice
+from .numerics.activations import ACTIVATIONS
+from .numerics.convolution import BOUNDARIES
+from .params import Params
+
+__all__ = ["predict_proba", "loss_and_grad", "METHODS", "ACTIVATION_NAMES",
+           "BOUNDARIES"]
+
+#: Values accepted by ``method=``. ``"auto"`` picks the fastest method that
+#: can run the call.
+METHODS = ("auto", "direct")
+#: Values accepted by ``activation=``.
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
+
+#: PyTorch's default ignore label, so that labels can be exchanged as is.
+DEFAULT_IGNORE_INDEX = -100
+
+
+def _check_options(activation, boundary, method):
+    check_choice("activation", activation, ACTIVATION_NAMES)
+    check_choice("boundary", boundary, BOUNDARIES)
+    check_choice("method", method, METHODS)
+
+
+def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="auto"):
+    """Per-pixel class probabilities P of a batch of images.
+
+    ``P = softmax(W^T sigma(K(theta) x + B b) + c)``, the softmax taken over
+    classes at every pixel.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, H, W)
+        Images, in any array API namespace (NumPy, CuPy, PyTorch, ...).
+        float32 and float64 are kept; integer and bool images are converted
+        to the parameters' dtype as they are (no rescaling).
+    params : Params
+        From :func:`arrseg.init_params` or training, in x's namespace and on
+        its device.
+    activation : {"tanh", "relu", "sigmoid", "identity"}, default "tanh"
+    boundary : {"zeros", "periodic"}, default "zeros"
+        Zero padding, or wrap-around (circular convolution).
+    method : {"auto", "direct"}, default "auto"
+
+    Returns
+    -------
+    P : array, shape (N, n_c, H, W)
+        In x's namespace and device, with x's float dtype (the parameters'
+        dtype for integer images). Computed in float64 if either x or the
+        parameters are float64. Every entry is in [0, 1]; ``P.sum(axis=1)``
+        is 1.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For bad shapes, dtypes, non-finite values, mixed namespaces or
+        unknown option names; the message names the argument.
+
+    Examples
+    --------
+    >>> import numpy as np, arrseg
+    >>> params = arrseg.init_params(3, 8, 4, seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    >>> P = arrseg.predict_proba(x, params)
+    >>> P.shape, P.dtype
+    ((2, 4, 32, 32), dtype('float32'))
+    >>> bool(np.allclose(P.sum(axis=1), 1, atol=1e-6))
+    True
+    """
+    _check_options(activation, boundary, method)
+    a = check_call(x, params)
+    xp = a.xp
+    P = forward_backward.forward(a.x, a.params, activation, boundary, xp)
+    return P if P.dtype == a.out_dtype else xp.astype(P, a.out_dtype)
+
+
+def loss_and_grad(
+    x,
+    labels,
+    params,
+    *,
+    activation="tanh",
+    boundary="zeros",
+    class_weight=None,
+    ignore_index=DEFAULT_IGNORE_INDEX,
+    method="auto",
+):
+    """Mean cross-entropy over labelled pixels and its gradient in (K, b, W, c).
+
+    ``E = sum_x w[y(x)] * (-log P_{y(x)}(x)) / sum_x w[y(x)]``, the sums over
+    pixels whose label is not ``ignore_index``; ``w = 1`` without class
+    weights. This is PyTorch's ``cross_entropy(weight=..., ignore_index=...)``
+    with the default mean reduction, with one difference: when no pixel counts
+    (all ignored, or only classes of weight 0), the loss and the gradient are
+    0, not NaN.
+
+    The gradient is computed analytically, from the convolution's
+    transposed Jacobian (:func:`arrseg.numerics.convolution.conv2d_theta_vjp`)
+    and the classifier's; no automatic differentiation is used.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, H, W)
+        Images (see :func:`predict_proba`).
+    labels : integer array, shape (N, H, W)
+        Class indices in [0, n_c), or ``ignore_index`` for unlabelled pixels
+        (sparse scribbles). Bool labels are read as 0/1.
+    params : Params
+    activation : {"tanh", "relu", "sigmoid", "identity"}, default "tanh"
+    boundary : {"zeros", "periodic"}, default "zeros"
+    class_weight : array or sequence, shape (n_c,), optional
+        Non-negative, finite weight per class.
+    ignore_index : int, default -100
+        Label of pixels that do not count (PyTorch's default).
+    method : {"auto", "direct"}, default "auto"
+
+    Returns
+    -------
+    loss : 0-d array
+        In x's namespace and on its device (no host synchronisation), with
+        the parameters' dtype.
+    grads : Params
+        Gradients of the loss, shaped and typed like ``params``; ``grads.c``
+        is None when ``params.c`` is.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For bad shapes, dtypes, labels out of range, bad class weights,
+        non-finite values, mixed namespaces or unknown option names.
+
+    Examples
+    --------
+    >>> import numpy as np, arrseg
+    >>> x, y = arrseg.data.make_shapes(n_images=2, size=24, seed=0)
+    >>> params = arrseg.init_params(3, 8, 3, seed=0)
+    >>> loss, grads = arrseg.loss_and_grad(x, y, params)
+    >>> loss.shape, grads.K.shape == params.K.shape
+    ((), True)
+    """
+    _check_options(activation, boundary, method)
+    a = check_call(x, params, labels, class_weight, ignore_index)
+    xp = a.xp
+    loss, grads = forward_backward.loss_and_grad(
+        a.x, a.labels, a.params, activation, boundary, a.class_weight,
+        ignore_index, xp,
+    )
+    if a.dtype != a.param_dtype:
+        loss = xp.astype(loss, a.param_dtype)
+        grads = tuple(None if g is None else xp.astype(g, a.param_dtype) for g in grads)
+    return loss, Params(*grads)

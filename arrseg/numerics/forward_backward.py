@@ -1,0 +1,68 @@
+"""The network's forward pass and analytic backward pass, array-API only::
+
+    Z1 = K(theta) Y0 + B b            (N, k, H, W)   pre-activation
+    Y1 = sigma(Z1)                    (N, k, H, W)   features
+    S  = W^T Y1 + c                   (N, n_c, H, W) logits, per pixel
+    P  = softmax(S)                   over the class axis
+    E  = weighted mean cross-entropy of P and the labels
+
+The backward pass applies the transposed Jacobians in reverse order::
+
+    dS  = dE/dS                       (P - onehot) * w / sum(w)
+    dW  = Y1 dS^T,  dc = sum dS,  dY1 = W dS
+    dZ1 = dY1 * sigma'(Z1)
+    db  = sum dZ1 over pixels,  dtheta = J_theta(Y0)^T dZ1
+
+No automatic differentiation is involved. This is the reference
+implementation: any other implementation is tested against it. Inputs are assumed
+validated (see :mod:`arrseg._validation`).
+"""
+
+from __future__ import annotations
+
+from .activations import activation, activation_and_derivative
+from .classifier import classifier_backward, cross_entropy_and_grad, logits, softmax
+from .convolution import conv2d, conv2d_theta_vjp
+
+__all__ = ["features", "forward", "loss_and_grad"]
+
+
+def features(Y0, K, b, activation_name, boundary, xp, *, with_derivative=False):
+    """Y1 = sigma(K(theta) Y0 + B b), as (N, k, H*W); optionally sigma'(Z1)."""
+    N, _, H, W = Y0.shape
+    Z1 = conv2d(Y0, K, boundary, xp) + b[:, None, None]
+    Z1 = xp.reshape(Z1, (N, K.shape[0], H * W))
+    if with_derivative:
+        return activation_and_derivative(activation_name, Z1, xp)
+    return activation(activation_name, Z1, xp)
+
+
+def forward(Y0, params, activation_name, boundary, xp):
+    """Probabilities P, shape (N, n_c, H, W)."""
+    N, _, H, W = Y0.shape
+    Y1 = features(Y0, params.K, params.b, activation_name, boundary, xp)
+    P = softmax(logits(Y1, params.W, params.c, xp), xp)
+    return xp.reshape(P, (N, P.shape[1], H, W))
+
+
+def loss_and_grad(Y0, labels, params, activation_name, boundary, class_weight,
+                  ignore_index, xp):
+    """Loss (0-d) and its gradient in (K, b, W, c) as a tuple of 4 arrays.
+
+    ``labels`` has shape (N, H, W); the gradient for ``c`` is None when
+    ``params.c`` is None.
+    """
+    N, _, H, W = Y0.shape
+    k = params.K.shape[0]
+    Y1, dY1_dZ1 = features(Y0, params.K, params.b, activation_name, boundary, xp,
+                           with_derivative=True)
+    S = logits(Y1, params.W, params.c, xp)
+    loss, dS = cross_entropy_and_grad(
+        S, xp.reshape(labels, (N, H * W)), class_weight, ignore_index, xp
+    )
+    dW, dc, dY1 = classifier_backward(Y1, params.W, dS, xp)
+    dZ1 = dY1 * dY1_dZ1  # (N, k, H*W)
+    db = xp.sum(dZ1, axis=(0, 2))
+    dK = conv2d_theta_vjp(Y0, xp.reshape(dZ1, (N, k, H, W)), params.K.shape[2],
+                          boundary, xp)
+    return loss, (dK, db, dW, dc if params.c is not None else None)

@@ -1,0 +1,1 @@
+"""asv benchmarks of arrseg (see ../README.md)."""
