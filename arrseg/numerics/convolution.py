@@ -181,14 +181,13 @@ def conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp):
     N, C, H, W = Y.shape
     k, s = Z.shape[1], kernel_size
     Ypad = pad(Y, s // 2, boundary, xp)
-    # pixels of all images on one axis: Z as (k, N*H*W)
-    Zf = xp.reshape(xp.permute_dims(xp.reshape(Z, (N, k, H * W)), (1, 0, 2)), (k, N * H * W))
+    Zf = xp.reshape(Z, (N, k, H * W))
     blocks = []
     for a, b in _offsets(s):
-        # (N, C, H*W) -> (N*H*W, C); (k, N*H*W) @ (N*H*W, C) -> (k, C)
-        Ys = _shifted(Ypad, a, b, H, W, xp)
-        Ys = xp.reshape(xp.permute_dims(Ys, (0, 2, 1)), (N * H * W, C))
-        blocks.append(xp.matmul(Zf, Ys))
+        # per image (k, H*W) @ (H*W, C) -> (k, C), then the sum over images:
+        # each dot product runs over one image's pixels, not the batch's
+        Ys = xp.matrix_transpose(_shifted(Ypad, a, b, H, W, xp))
+        blocks.append(xp.sum(xp.matmul(Zf, Ys), axis=0))
     # (s*s, k, C) -> (k, C, s, s)
     dtheta = xp.reshape(xp.stack(blocks, axis=0), (s, s, k, C))
     return xp.permute_dims(dtheta, (2, 3, 0, 1))
