@@ -227,3 +227,24 @@ def test_non_contiguous_inputs(rng):
     assert_close(loss_v, loss)
     for a, b in zip(g_v, g):
         assert_close(a, b)
+
+
+@pytest.mark.parametrize("shift", [(2, 0), (-1, 3)])
+def test_periodic_network_is_translation_equivariant(xp, rng, shift):
+    # under the periodic boundary, shifting the images shifts P and leaves
+    # the loss of equally shifted labels unchanged
+    x, y, p = random_problem(rng, H=8, W=9, s=5)
+    xx, yy, params = to_xp(xp, x), to_xp(xp, y), params_in(xp, p)
+    xs, ys = xp.roll(xx, shift, axis=(2, 3)), xp.roll(yy, shift, axis=(1, 2))
+    P = arrseg.predict_proba(xx, params, boundary="periodic")
+    Ps = arrseg.predict_proba(xs, params, boundary="periodic")
+    assert_close(Ps, xp.roll(P, shift, axis=(2, 3)), xp=xp)
+    loss, g = arrseg.loss_and_grad(xx, yy, params, boundary="periodic")
+    loss_s, g_s = arrseg.loss_and_grad(xs, ys, params, boundary="periodic")
+    assert_close(loss_s, loss, xp=xp)
+    assert_close(g_s.K, g.K, xp=xp)
+    # the zero boundary is not equivariant: the border pixels change
+    Pz = to_numpy(arrseg.predict_proba(xs, params, boundary="zeros"))
+    Pz0 = to_numpy(xp.roll(arrseg.predict_proba(xx, params, boundary="zeros"),
+                           shift, axis=(2, 3)))
+    assert not np.allclose(Pz, Pz0)

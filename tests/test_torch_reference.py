@@ -40,7 +40,7 @@ def torch_loss(x, labels, params, activation, boundary, class_weight, ignore_ind
 
 def random_case(seed, s):
     rng = np.random.default_rng(seed)
-    N = int(rng.integers(1, 4))
+    N = 1 if seed % 3 == 0 else int(rng.integers(2, 4))  # N = 1 for every s
     C = int(rng.integers(1, 5))
     # odd sizes at least the halo (PyTorch's circular pad needs p <= size)
     H, W = (int(2 * rng.integers(s // 2 + 1, 7) + 1) for _ in range(2))
