@@ -10,6 +10,7 @@ synchronisation however many arrays it checks.
 from __future__ import annotations
 
 import operator
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -164,22 +165,24 @@ def _check_class_weight(class_weight, n_c, dtype, xp, dev):
     return xp.astype(class_weight, dtype)
 
 
-class Checked:
-    """Validated, converted arguments of one public call.
+class Checked(NamedTuple):
+    """Validated, converted arguments of one public call."""
 
-    Attributes
-    ----------
-    xp : namespace
-    x : array (N, C, H, W) in ``dtype``
-    params : Params in ``dtype``
-    labels, class_weight : arrays or None
-    dtype : the compute dtype (float64 if x or params is float64)
-    out_dtype : dtype of P (x's float dtype; params' for integer images)
-    param_dtype : dtype of the loss and the gradients
-    """
-
-    __slots__ = ("xp", "x", "params", "labels", "class_weight", "dtype",
-                 "out_dtype", "param_dtype")
+    xp: Any
+    #: images (N, C, H, W) in ``dtype``
+    x: Any
+    #: parameters in ``dtype``
+    params: Params
+    #: int64 labels (N, H, W), or None
+    labels: Any
+    #: weights (n_c,) in ``dtype``, or None
+    class_weight: Any
+    #: the compute dtype: float64 if x or the parameters are float64
+    dtype: Any
+    #: dtype of P: x's float dtype, the parameters' for integer images
+    out_dtype: Any
+    #: dtype of the loss and the gradients: the parameters'
+    param_dtype: Any
 
 
 def check_call(x, params, labels=None, class_weight=None, ignore_index=-100):
@@ -216,11 +219,7 @@ def check_call(x, params, labels=None, class_weight=None, ignore_index=-100):
 
     _check_values(x, p, labels, class_weight, ignore_index, xp)
 
-    out = Checked()
-    out.xp, out.x, out.params, out.labels = xp, x, p, labels
-    out.class_weight, out.dtype = class_weight, dtype
-    out.out_dtype, out.param_dtype = out_dtype, param_dtype
-    return out
+    return Checked(xp, x, p, labels, class_weight, dtype, out_dtype, param_dtype)
 
 
 def _check_values(x, p, labels, class_weight, ignore_index, xp):
