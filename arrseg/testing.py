@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from array_api_compat import array_namespace
 
-from ._backend import device, to_numpy
+from ._backend import device, resolve_namespace, to_numpy
 from .params import Params
 
 __all__ = ["check_derivative", "DerivativeCheck", "check_adjoint", "assert_close",
@@ -243,7 +243,7 @@ def assert_close(actual, desired, *, xp=None, dtype=None, rtol=None, atol=None,
     """
     if xp is not None:
         got = array_namespace(actual)
-        want = array_namespace(xp.empty(0)) if hasattr(xp, "empty") else xp
+        want = resolve_namespace(xp)
         assert got is want, f"namespace {got.__name__} != {want.__name__}. {err_msg}"
     a = to_numpy(actual)
     d = to_numpy(desired) if not isinstance(desired, (int, float)) else np.asarray(desired)
