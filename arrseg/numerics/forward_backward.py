@@ -16,37 +16,44 @@ The backward pass applies the transposed Jacobians in reverse order::
 No automatic differentiation is involved. This is the reference
 implementation: any other implementation is tested against it. Inputs are assumed
 validated (see :mod:`arrseg._validation`).
+
+The convolution products come from ``conv``, a module with the functions
+``conv2d(Y, theta, boundary, xp)`` and
+``conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp)``:
+:mod:`arrseg.numerics.convolution` (the direct method, the default) or
+:mod:`arrseg.numerics.fft_convolution` (the FFT method).
 """
 
 from __future__ import annotations
 
 from .activations import activation, activation_and_derivative
 from .classifier import classifier_backward, cross_entropy_and_grad, logits, softmax
-from .convolution import conv2d, conv2d_theta_vjp
+from . import convolution as direct_convolution
 
 __all__ = ["features", "forward", "loss_and_grad"]
 
 
-def features(Y0, K, b, activation_name, boundary, xp, *, with_derivative=False):
+def features(Y0, K, b, activation_name, boundary, xp, *, with_derivative=False,
+             conv=direct_convolution):
     """Y1 = sigma(K(theta) Y0 + B b), as (N, k, H*W); optionally sigma'(Z1)."""
     N, _, H, W = Y0.shape
-    Z1 = conv2d(Y0, K, boundary, xp) + b[:, None, None]
+    Z1 = conv.conv2d(Y0, K, boundary, xp) + b[:, None, None]
     Z1 = xp.reshape(Z1, (N, K.shape[0], H * W))
     if with_derivative:
         return activation_and_derivative(activation_name, Z1, xp)
     return activation(activation_name, Z1, xp)
 
 
-def forward(Y0, params, activation_name, boundary, xp):
+def forward(Y0, params, activation_name, boundary, xp, *, conv=direct_convolution):
     """Probabilities P, shape (N, n_c, H, W)."""
     N, _, H, W = Y0.shape
-    Y1 = features(Y0, params.K, params.b, activation_name, boundary, xp)
+    Y1 = features(Y0, params.K, params.b, activation_name, boundary, xp, conv=conv)
     P = softmax(logits(Y1, params.W, params.c, xp), xp)
     return xp.reshape(P, (N, P.shape[1], H, W))
 
 
 def loss_and_grad(Y0, labels, params, activation_name, boundary, class_weight,
-                  ignore_index, xp):
+                  ignore_index, xp, *, conv=direct_convolution):
     """Loss (0-d) and its gradient in (K, b, W, c) as a tuple of 4 arrays.
 
     ``labels`` has shape (N, H, W); the gradient for ``c`` is None when
@@ -55,7 +62,7 @@ def loss_and_grad(Y0, labels, params, activation_name, boundary, class_weight,
     N, _, H, W = Y0.shape
     k = params.K.shape[0]
     Y1, dY1_dZ1 = features(Y0, params.K, params.b, activation_name, boundary, xp,
-                           with_derivative=True)
+                           with_derivative=True, conv=conv)
     S = logits(Y1, params.W, params.c, xp)
     loss, dS = cross_entropy_and_grad(
         S, xp.reshape(labels, (N, H * W)), class_weight, ignore_index, xp
@@ -63,6 +70,6 @@ def loss_and_grad(Y0, labels, params, activation_name, boundary, class_weight,
     dW, dc, dY1 = classifier_backward(Y1, params.W, dS, xp)
     dZ1 = dY1 * dY1_dZ1  # (N, k, H*W)
     db = xp.sum(dZ1, axis=(0, 2))
-    dK = conv2d_theta_vjp(Y0, xp.reshape(dZ1, (N, k, H, W)), params.K.shape[2],
+    dK = conv.conv2d_theta_vjp(Y0, xp.reshape(dZ1, (N, k, H, W)), params.K.shape[2],
                           boundary, xp)
     return loss, (dK, db, dW, dc if params.c is not None else None)
