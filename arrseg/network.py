@@ -1,30 +1,47 @@
 """Public entry points of the network: :func:`predict_proba`, :func:`loss_and_grad`.
 
 Each call resolves the array namespace once, validates its arguments
-(:mod:`arrseg._validation`), chooses a method and delegates to it. The only
-method in this release is ``"direct"``, the array-API reference in
-:mod:`arrseg.numerics`; ``method="auto"`` chooses it.
+(:mod:`arrseg._validation`), chooses a method (:mod:`arrseg.methods`) and
+delegates to it: on NumPy arrays ``"direct"`` runs the blocked, threaded
+path of :mod:`arrseg.cpu.blocked`; on any other namespace, and for
+``"fft"``, the array-API implementation in :mod:`arrseg.numerics` runs.
 """
 
 from __future__ import annotations
 
-from .numerics import forward_backward
+from array_api_compat import is_numpy_namespace
+
 from ._validation import check_call, check_choice
+from .methods import METHODS, resolve_method
+from .numerics import forward_backward
 from .numerics.activations import ACTIVATIONS
 from .numerics.convolution import BOUNDARIES
 from .params import Params
 
-__all__ = ["predict_proba", "loss_and_grad", "METHODS", "ACTIVATION_NAMES",
-           "BOUNDARIES"]
+__all__ = [
+    "ACTIVATION_NAMES",
+    "BOUNDARIES",
+    "METHODS",
+    "loss_and_grad",
+    "predict_proba",
+]
 
-#: Values accepted by ``method=``. ``"auto"`` picks the fastest method that
-#: can run the call.
-METHODS = ("auto", "direct")
 #: Values accepted by ``activation=``.
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
 
 #: PyTorch's default ignore label, so that labels can be exchanged as is.
 DEFAULT_IGNORE_INDEX = -100
+
+
+def _convolution(method):
+    """The module of convolution products that ``method`` names."""
+    if method == "fft":
+        from .numerics import fft_convolution
+
+        return fft_convolution
+    from .numerics import convolution
+
+    return convolution
 
 
 def _check_options(activation, boundary, method):
@@ -51,7 +68,10 @@ def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="aut
     activation : {"tanh", "relu", "sigmoid", "identity"}, default "tanh"
     boundary : {"zeros", "periodic"}, default "zeros"
         Zero padding, or wrap-around (circular convolution).
-    method : {"auto", "direct"}, default "auto"
+    method : {"auto", "direct", "fft"}, default "auto"
+        How the convolution is computed (:mod:`arrseg.methods`): "direct"
+        (on NumPy, the blocked and threaded fast path), "fft", or "auto",
+        the one the cost model predicts faster.
 
     Returns
     -------
@@ -81,7 +101,14 @@ def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="aut
     _check_options(activation, boundary, method)
     a = check_call(x, params)
     xp = a.xp
-    P = forward_backward.forward(a.x, a.params, activation, boundary, xp)
+    method = resolve_method(method, xp, a.x.shape, a.params.K.shape, train=False)
+    if method == "direct" and is_numpy_namespace(xp):
+        from .cpu import blocked
+
+        return blocked.forward(a.x, a.params, activation, boundary,
+                               out_dtype=a.out_dtype)
+    P = forward_backward.forward(a.x, a.params, activation, boundary, xp,
+                                 conv=_convolution(method))
     return P if P.dtype == a.out_dtype else xp.astype(P, a.out_dtype)
 
 
@@ -123,7 +150,10 @@ def loss_and_grad(
         Non-negative, finite weight per class.
     ignore_index : int, default -100
         Label of pixels that do not count (PyTorch's default).
-    method : {"auto", "direct"}, default "auto"
+    method : {"auto", "direct", "fft"}, default "auto"
+        How the convolution is computed (:mod:`arrseg.methods`): "direct"
+        (on NumPy, the blocked and threaded fast path), "fft", or "auto",
+        the one the cost model predicts faster.
 
     Returns
     -------
@@ -152,10 +182,19 @@ def loss_and_grad(
     _check_options(activation, boundary, method)
     a = check_call(x, params, labels, class_weight, ignore_index)
     xp = a.xp
-    loss, grads = forward_backward.loss_and_grad(
-        a.x, a.labels, a.params, activation, boundary, a.class_weight,
-        ignore_index, xp,
-    )
+    method = resolve_method(method, xp, a.x.shape, a.params.K.shape, train=True)
+    if method == "direct" and is_numpy_namespace(xp):
+        from .cpu import blocked
+
+        loss, grads = blocked.loss_and_grad(
+            a.x, a.labels, a.params, activation, boundary, a.class_weight,
+            ignore_index,
+        )
+    else:
+        loss, grads = forward_backward.loss_and_grad(
+            a.x, a.labels, a.params, activation, boundary, a.class_weight,
+            ignore_index, xp, conv=_convolution(method),
+        )
     if a.dtype != a.param_dtype:
         loss = xp.astype(loss, a.param_dtype)
         grads = tuple(None if g is None else xp.astype(g, a.param_dtype) for g in grads)

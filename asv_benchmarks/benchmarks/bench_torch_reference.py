@@ -1,50 +1,48 @@
-"""The same network in PyTorch (CPU), the reference for arrseg's timings.
+"""The same network in PyTorch (CPU, eager), the reference for arrseg's timings.
 
-conv2d (padding s // 2) -> + b -> tanh -> 1x1 conv2d (weight W.T, bias c)
--> softmax / cross_entropy, with the data and parameters of
-:mod:`.bench_network` and the same size, width, kernel size and dtype grid,
-so that ``Network.time_loss_and_grad`` / ``time_torch_forward_backward``
-ratios come from one asv run. The backward pass is autograd's.
+``common.TorchNetwork``: conv2d (padding s // 2, bias b) -> tanh -> 1 x 1
+conv2d (weight W^T, bias c) -> softmax under ``torch.inference_mode``
+(``*_predict_proba``), or cross_entropy and autograd's gradient in
+(K, b, W, c) (``*_loss_and_grad``). Same data, parameters and ``config``
+grid as ``bench_network.SeedConfig``, whose methods have the same names, so
+that e.g. ``SeedConfig.time_loss_and_grad / TorchReference.time_loss_and_grad``
+comes from one asv run.
 """
 
 from __future__ import annotations
 
-from .common import (DTYPES, GRID_NAMES, KERNEL_SIZES, SIZES, TIMEOUT, WIDTHS,
-                     make_problem, torch, torch_xp)
-
-MEMORY_FORMATS = ("NCHW", "channels_last")
+from .common import (CONFIGS, MEMORY_FORMATS, AsvSettings, TorchNetwork,
+                     reset_peak_rss)
 
 
-class TorchReference:
-    """Forward + softmax, and forward + cross-entropy + backward, in PyTorch."""
+class TorchReference(AsvSettings):
+    """PyTorch's forward + softmax, and forward + cross-entropy + backward.
 
-    params = (MEMORY_FORMATS, SIZES, WIDTHS, KERNEL_SIZES, DTYPES)
-    param_names = ("memory_format",) + GRID_NAMES
-    timeout = TIMEOUT
+    In both memory layouts of the images and kernels: NCHW (contiguous) and
+    channels_last (NHWC in memory); PyTorch's default number of threads.
+    Skipped without PyTorch.
+    """
 
-    def setup(self, memory_format, size, width, kernel_size, dtype):
-        if torch is None:
-            raise NotImplementedError("PyTorch is not installed")
-        x, self.labels, theta = make_problem(
-            torch_xp, size, width, kernel_size, dtype)
-        fmt = {"NCHW": torch.contiguous_format,
-               "channels_last": torch.channels_last}[memory_format]
-        self.x = x.contiguous(memory_format=fmt)
-        self.K = theta.K.contiguous(memory_format=fmt).requires_grad_()
-        self.b, self.W, self.c = (a.clone().requires_grad_()
-                                  for a in (theta.b, theta.W, theta.c))
-        self.padding = kernel_size // 2
+    params = (MEMORY_FORMATS, tuple(CONFIGS))
+    param_names = ("memory_format", "config")
 
-    def _logits(self):
-        features = torch.tanh(torch.nn.functional.conv2d(
-            self.x, self.K, self.b, padding=self.padding))
-        return torch.nn.functional.conv2d(
-            features, self.W.T[:, :, None, None], self.c)
+    def setup(self, memory_format, config):
+        config = CONFIGS[config]
+        # a tiny problem first: starts the thread pool and touches the code
+        tiny = TorchNetwork(config._replace(n_images=1, size=16), memory_format)
+        tiny.predict_proba()
+        tiny.loss_and_grad()
+        self.net = TorchNetwork(config, memory_format)
+        reset_peak_rss()
 
-    def time_torch_predict(self, *_):
-        with torch.no_grad():
-            torch.softmax(self._logits(), dim=1)
+    def time_predict_proba(self, *_):
+        self.net.predict_proba()
 
-    def time_torch_forward_backward(self, *_):
-        loss = torch.nn.functional.cross_entropy(self._logits(), self.labels)
-        torch.autograd.grad(loss, (self.K, self.b, self.W, self.c))
+    def time_loss_and_grad(self, *_):
+        self.net.loss_and_grad()
+
+    def peakmem_predict_proba(self, *_):
+        self.net.predict_proba()
+
+    def peakmem_loss_and_grad(self, *_):
+        self.net.loss_and_grad()
