@@ -1,14 +1,13 @@
 """Which implementation runs a call: the ``method=`` argument and its "auto" choice.
 
-=========  ==========================================  =======================
-method     NumPy arrays                                any other namespace
-=========  ==========================================  =======================
-"direct"   the blocked, threaded NumPy path            the array-API reference
-           (:mod:`arrseg.cpu.blocked`)                 (:mod:`arrseg.numerics`)
-"fft"      the array-API reference with the FFT        the same
-           convolution (:mod:`~arrseg.numerics.fft_convolution`)
-"auto"     the cheaper of the two by :func:`predicted_seconds`
-=========  ==========================================  =======================
+- ``"direct"``: on NumPy arrays, the blocked, threaded NumPy path
+  (:mod:`arrseg.cpu.blocked`); on any other namespace, the array-API
+  reference (:mod:`arrseg.numerics`).
+- ``"fft"``: the array-API reference with the FFT convolution
+  (:mod:`arrseg.numerics.fft_convolution`), on every namespace with an
+  ``fft`` extension.
+- ``"auto"``: the faster of the two by :func:`predicted_seconds`, with a
+  preference for "direct" on small problems (:data:`FFT_MIN_SECONDS`).
 
 An explicit method that cannot run a call raises ValueError; only "auto"
 falls back. The cost model is in the spirit of
