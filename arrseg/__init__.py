@@ -13,6 +13,18 @@ Params, init_params
     The parameters (K, b, W, c) and their initialisation.
 predict_proba, loss_and_grad
     The network's forward pass, and its loss with the analytic gradient.
+Segmenter
+    The scikit-learn style estimator: fit, predict_proba, predict, score,
+    save, load.
+arrseg.optim
+    SGD, Adam, Newton-CG for the classifier, variable projection (VarPro),
+    Tikhonov and smoothness regularisation.
+arrseg.metrics
+    Confusion matrix, pixel accuracy, IoU, Dice, mean IoU (any namespace).
+arrseg.model_file
+    save / load of parameters and metadata (.npz, no pickle).
+arrseg.tiling
+    predict_proba_tiled: prediction of large images in bounded memory.
 arrseg.testing
     Taylor (derivative) and adjoint checks, backend-agnostic comparisons.
 arrseg.data
@@ -24,10 +36,12 @@ arrseg.numerics
 Importing arrseg imports neither CuPy nor PyTorch.
 """
 
-from . import data, testing
+from . import data, metrics, model_file, optim, testing, tiling
 from ._version import __version__
 from .network import loss_and_grad, predict_proba
 from .params import Params, init_params
+from .segmenter import NotFittedError, Segmenter
 
-__all__ = ["Params", "init_params", "predict_proba", "loss_and_grad", "data",
-           "testing", "__version__"]
+__all__ = ["Params", "init_params", "predict_proba", "loss_and_grad",
+           "Segmenter", "NotFittedError", "data", "metrics", "model_file",
+           "optim", "testing", "tiling", "__version__"]

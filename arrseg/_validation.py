@@ -17,7 +17,7 @@ import numpy as np
 from ._backend import device, namespace_of, to_numpy
 from .params import Params
 
-__all__ = ["check_choice", "Checked", "check_call"]
+__all__ = ["Checked", "check_call", "check_choice", "check_ignore_index"]
 
 
 def check_choice(name, value, choices):
@@ -185,6 +185,16 @@ class Checked(NamedTuple):
     param_dtype: Any
 
 
+def check_ignore_index(ignore_index):
+    """ignore_index as a Python int; TypeError naming it otherwise."""
+    try:
+        return operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(
+            f"ignore_index must be an integer, got {ignore_index!r}"
+        ) from None
+
+
 def check_call(x, params, labels=None, class_weight=None, ignore_index=-100):
     """Validate and convert the arguments of predict_proba / loss_and_grad.
 
@@ -208,12 +218,7 @@ def check_call(x, params, labels=None, class_weight=None, ignore_index=-100):
 
     if labels is not None:
         labels = _check_labels(labels, x, xp)
-        try:
-            ignore_index = operator.index(ignore_index)
-        except TypeError:
-            raise TypeError(
-                f"ignore_index must be an integer, got {ignore_index!r}"
-            ) from None
+        ignore_index = check_ignore_index(ignore_index)
         class_weight = _check_class_weight(class_weight, p.W.shape[1], dtype, xp,
                                            device(x))
 

@@ -65,6 +65,25 @@ def rng():
     return np.random.default_rng(20261124)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run PyTorch on one intra-op thread: the training tests' problems are
+    tiny, and on a busy 2-core machine torch's spinning worker threads make
+    them many times slower. The previous setting is restored after each
+    test."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def to_xp(xp, a, dtype=None):
     """NumPy array -> xp array (default: keep the NumPy dtype)."""
     a = np.ascontiguousarray(a)

@@ -199,3 +199,13 @@ def test_worker_errors_propagate(monkeypatch):
 
     with pytest.raises(RuntimeError, match="worker 0 failed"):
         threads.parallel_map(work, 4)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_features_match_the_generic_path(rng, activation, boundary, block_bytes):
+    x, params, _ = problem(rng, 2, 3, 37, 29, 6, 3, 5, np.float64)
+    got = blocked.features(x, params.K, params.b, activation, boundary)
+    want = forward_backward.features(x, params.K, params.b, activation,
+                                     boundary, xp)
+    assert_close(got, want, xp=xp, rtol=1e-13, atol=1e-15)

@@ -46,12 +46,14 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..params import Params
 from .threads import parallel_map
 
 __all__ = [
     "MAX_CHUNKS",
     "TARGET_BLOCK_BYTES",
     "block_rows",
+    "features",
     "forward",
     "loss_and_grad",
     "partials_bytes",
@@ -319,6 +321,32 @@ def forward(x, params, activation, boundary, *, out_dtype=None):
 
     parallel_map(work, len(g.chunks))
     return P
+
+
+def features(x, K, b, activation, boundary):
+    """Y1 = sigma(K(theta) x + b), blocked and threaded: (N, k, H*W).
+
+    The features alone, as :func:`arrseg.numerics.forward_backward.features`
+    computes them (for the variable projection's inner problem).
+    """
+    dtype = x.dtype
+    # no classifier: the plan's W only bounds the logits
+    plan = _Plan(x, Params(K, b, np.zeros((K.shape[0], 1), dtype), None),
+                 activation, boundary)
+    g = plan.g
+    Y1 = np.empty((g.N, g.k, g.H, g.W), dtype)
+
+    def work(i):
+        ws = plan.workspace(train=False)
+        with np.errstate(over="ignore"):
+            for n, r0 in g.chunks[i]:
+                rows = ws.patches.load(x, boundary, n, r0)
+                np.matmul(plan.Kb, ws.patches.PT, out=ws.A)
+                _activate(activation, ws.A)
+                Y1[n, :, r0 : r0 + rows] = ws.A.reshape(g.k, g.R, g.Wp)[:, :rows, : g.W]
+
+    parallel_map(work, len(g.chunks))
+    return Y1.reshape(g.N, g.k, g.H * g.W)
 
 
 def loss_and_grad(x, labels, params, activation, boundary, class_weight,

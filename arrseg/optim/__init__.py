@@ -1,0 +1,48 @@
+"""Training: optimizers, regularisers and the classifier's Newton solver.
+
+First-order optimizers share ``step(params, grads) -> params`` on
+:class:`~arrseg.Params`, with their state kept in the object and no array
+modified in place (they run on ``array_api_strict``):
+
+:class:`SGD`
+    Gradient descent with momentum, optionally Nesterov's.
+:class:`Adam`
+    Adam.
+
+Second-order and structured methods:
+
+:func:`newton_cg`, :class:`ClassifierProblem`
+    Newton-CG for the convex classifier problem in (W, c) on fixed features,
+    with matrix-free Hessian-vector products.
+:class:`VarPro`
+    Variable projection: L-BFGS on the reduced objective of (K, b), the
+    classifier eliminated by Newton-CG.
+
+Regularisation: :func:`tikhonov` (weight decay on K and W),
+:func:`smoothness` (the discrete gradient of each kernel), and
+:class:`Regularization` combining them.
+
+:class:`NonFiniteLossError` is raised when training diverges; it carries the
+iteration and the last parameters with a finite loss.
+"""
+
+from .adam import Adam
+from .base import NonFiniteLossError, Optimizer
+from .newton_cg import ClassifierProblem, NewtonCGResult, newton_cg
+from .regularization import Regularization, smoothness, tikhonov
+from .sgd import SGD
+from .varpro import VarPro
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "ClassifierProblem",
+    "NewtonCGResult",
+    "NonFiniteLossError",
+    "Optimizer",
+    "Regularization",
+    "VarPro",
+    "newton_cg",
+    "smoothness",
+    "tikhonov",
+]

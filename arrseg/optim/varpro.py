@@ -1,0 +1,363 @@
+"""Variable projection (VarPro) for the network: eliminate the classifier.
+
+The classifier (W, c) enters the loss through a convex problem once the
+features are fixed, so following Newman, Ruthotto, Hart & van Bloemen
+Waanders, "Train Like a (Var)Pro: Efficient Training of Neural Networks
+with Variable Projection" (SIAM J. Math. Data Sci., 2021), training
+minimises the reduced objective of the feature parameters (K, b) alone::
+
+    Phi(K, b) = min_{W, c} E(K, b, W, c) + alpha/2 ||W||^2
+                + alpha/2 ||K||^2 + R_S(K)
+
+(E the weighted mean cross-entropy, alpha the weight decay, R_S the
+smoothness regulariser of :mod:`arrseg.optim.regularization`).
+
+* Inner problem: for the current features Y1 = sigma(K Y0 + b), the minimiser
+  (W*, c*) is found by Newton-CG (:mod:`arrseg.optim.newton_cg`),
+  warm-started from the previous (W*, c*), on the labelled pixels only.
+* Reduced gradient: since grad_{W,c} E = 0 at (W*, c*), the gradient of Phi
+  is the partial gradient of E in (K, b) at (K, b, W*, c*) (plus the
+  regularisers'), which :func:`arrseg.loss_and_grad` computes.
+* Outer step: the paper uses Gauss-Newton-Krylov; here it is **L-BFGS**
+  (memory ``memory``, initial scaling s^T y / y^T y) with an **Armijo
+  backtracking line search** on Phi, starting at step 1. A trial point is
+  accepted only when it decreases Phi enough, so the iteration cannot
+  diverge; when the L-BFGS direction fails to give a decrease, the memory is
+  dropped and the steepest-descent direction is tried; when that fails too,
+  the iteration has stalled at the accuracy of the inner solves and stops.
+
+Every iteration evaluates Phi at one or more trial points (each a feature
+computation and a warm-started inner solve) and the reduced gradient once.
+It uses the full batch; the iteration is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from array_api_compat import array_namespace, is_numpy_namespace
+
+from .._backend import to_numpy
+from .._validation import check_call
+from ..network import DEFAULT_IGNORE_INDEX, loss_and_grad
+from ..numerics.forward_backward import features
+from ..params import Params
+from .base import (
+    NonFiniteLossError,
+    all_finite,
+    tree_axpy,
+    tree_dot,
+    tree_map,
+    tree_norm,
+    tree_scale,
+)
+from .newton_cg import ClassifierProblem, gather_pixels, labelled_pixels, pixels_last
+from .regularization import smoothness as smoothness_term
+
+__all__ = ["VarPro"]
+
+
+class VarPro:
+    """Variable projection with an L-BFGS outer iteration on (K, b).
+
+    Parameters
+    ----------
+    activation, boundary, method
+        As for :func:`arrseg.loss_and_grad`.
+    class_weight : array or sequence, shape (n_c,), optional
+    ignore_index : int, default -100
+    weight_decay : float, default 1e-4
+        alpha of ``alpha/2 (||K||^2 + ||W||^2)``; it also makes the inner
+        problem strictly convex, so keep it positive.
+    smoothness : float, default 0.0
+        Coefficient of the kernels' smoothness regulariser.
+    memory : int, default 10
+        L-BFGS pairs kept.
+    inner_tol : float, optional
+        Gradient norm at which the inner Newton-CG stops (default: the square
+        root of the dtype's epsilon, 3.5e-4 in float32 and 1.5e-8 in float64:
+        the gradient's round-off floor is not far below) ...
+    inner_rtol : float, default 0.1
+        ... or, if larger, this times the norm of the current reduced
+        gradient: the inner problem is solved more accurately as the outer
+        iteration converges (0 for a fixed tolerance).
+    inner_max_iter : int, default 20
+        Newton iterations per inner solve.
+    cg_max_iter : int, default 10
+        CG iterations per Newton iteration.
+    c1 : float, default 1e-4
+        Armijo's sufficient-decrease constant.
+    max_backtracks : int, default 20
+        Halvings of the step before a direction is given up.
+
+    Attributes
+    ----------
+    params : Params
+        Current (K, b, W*, c*).
+    loss : float
+        Phi at ``params``.
+    grad_norm : float
+        Norm of the reduced gradient at ``params``.
+    stalled : bool
+        True when no direction gave a decrease: the iteration has converged
+        to the accuracy of the inner solves; further steps change nothing.
+    n_evaluations : int
+        Inner solves done so far.
+
+    Examples
+    --------
+    >>> import arrseg
+    >>> from arrseg.optim import VarPro
+    >>> x, y = arrseg.data.make_shapes(n_images=2, size=16, seed=0)
+    >>> vp = VarPro(weight_decay=1e-4)
+    >>> params, first = vp.start(x, y, arrseg.init_params(3, 4, 3, seed=0))
+    >>> for _ in range(5):
+    ...     params, loss = vp.step()
+    >>> loss < first
+    True
+    """
+
+    def __init__(self, *, activation="tanh", boundary="zeros", method="auto",
+                 class_weight=None, ignore_index=DEFAULT_IGNORE_INDEX,
+                 weight_decay=1e-4, smoothness=0.0, memory=10, inner_tol=None,
+                 inner_rtol=1e-1, inner_max_iter=20, cg_max_iter=10, c1=1e-4, max_backtracks=20):
+        self.activation, self.boundary, self.method = activation, boundary, method
+        self.class_weight = class_weight
+        self.ignore_index = int(ignore_index)
+        self.weight_decay = float(weight_decay)
+        self.smoothness = float(smoothness)
+        self.memory = int(memory)
+        self.inner_tol = None if inner_tol is None else float(inner_tol)
+        self.inner_rtol = float(inner_rtol)
+        self.inner_max_iter = int(inner_max_iter)
+        self.cg_max_iter = int(cg_max_iter)
+        self.c1 = float(c1)
+        self.max_backtracks = int(max_backtracks)
+        self.params = None
+
+    # -- data ----------------------------------------------------------------
+
+    def set_data(self, x, labels, params):
+        """Validate and keep the training data.
+
+        ``x`` is an array (N, C, H, W) with labels (N, H, W), or lists of such
+        arrays of different sizes (one group per size), all used at every
+        iteration.
+        """
+        xs = list(x) if isinstance(x, (list, tuple)) else [x]
+        ys = list(labels) if isinstance(labels, (list, tuple)) else [labels]
+        if len(xs) != len(ys):
+            raise ValueError(f"x and labels must have the same number of groups, "
+                             f"got {len(xs)} and {len(ys)}")
+        self._groups = []
+        n_c = params.n_classes
+        for xg, yg in zip(xs, ys):
+            a = check_call(xg, params, yg, self.class_weight, self.ignore_index)
+            lab = to_numpy(a.labels).reshape(a.labels.shape[0], -1)
+            cw = (np.ones(n_c) if a.class_weight is None
+                  else to_numpy(a.class_weight).astype(np.float64))
+            valid = (lab != self.ignore_index) & (lab >= 0) & (lab < n_c)
+            weight = float(cw[lab[valid]].sum())
+            index = labelled_pixels(a.labels, self.ignore_index)
+            self._groups.append((a.x, a.labels, weight, index))
+        self._class_weight = a.class_weight
+        self._xp = a.xp
+        self._total_weight = sum(g[2] for g in self._groups)
+        self._n_classes = n_c
+
+    def _inner_problem(self, K, b):
+        xp = self._xp
+        Ys, labs = [], []
+        for x, lab, _, index in self._groups:
+            Y = pixels_last(self._features(x, K, b, xp), xp)
+            lab = xp.reshape(lab, (-1,))
+            if index is not None:
+                Y = gather_pixels(Y, index, xp)
+                lab = gather_pixels(lab[None, :], index, xp)[0, ...]
+            Ys.append(Y)
+            labs.append(lab)
+        if len(Ys) > 1:
+            Ys, labs = [xp.concat(Ys, axis=1)], [xp.concat(labs, axis=0)]
+        return ClassifierProblem(Ys[0], labs[0], self._n_classes,
+                                 class_weight=self._class_weight,
+                                 ignore_index=self.ignore_index,
+                                 weight_decay=self.weight_decay, index=None)
+
+    def _features(self, x, K, b, xp):
+        """Y1 (N, k, H*W) of the current convolution.
+
+        On NumPy with method "auto" or "direct", the blocked fast path
+        (:func:`arrseg.cpu.blocked.features`); otherwise the array-API
+        implementation with the direct or, for "fft" and for "auto" where the
+        namespace has an ``fft`` extension, the FFT convolution (several
+        times faster than the array-API direct one there).
+        """
+        if is_numpy_namespace(xp) and self.method in ("auto", "direct"):
+            from ..cpu import blocked
+
+            return blocked.features(x, K, b, self.activation, self.boundary)
+        if self.method == "fft" or (self.method == "auto" and hasattr(xp, "fft")):
+            from ..numerics import fft_convolution as conv
+        else:
+            from ..numerics import convolution as conv
+        return features(x, K, b, self.activation, self.boundary, xp, conv=conv)
+
+    def _outer_regularization(self, K):
+        xp = array_namespace(K)
+        value = (self.weight_decay / 2) * xp.sum(K * K)
+        grad = self.weight_decay * K
+        if self.smoothness > 0:
+            v, g = smoothness_term(K, self.smoothness)
+            value, grad = value + v, grad + g
+        return float(value), grad
+
+    # -- the reduced objective ----------------------------------------------
+
+    def reduced_loss(self, K, b, W0, c0):
+        """Phi(K, b) and the inner minimiser, from the start (W0, c0).
+
+        Returns
+        -------
+        phi : float
+        W, c : arrays
+            (W*, c*); c is None when c0 is.
+        """
+        tol = self.inner_tol
+        if tol is None:
+            tol = math.sqrt(float(np.finfo(to_numpy(K[:1, :1, :1, :1]).dtype).eps))
+        if self.params is not None and self.inner_rtol > 0:
+            tol = max(tol, self.inner_rtol * self.grad_norm)
+        res = self._inner_problem(K, b).solve(
+            W0, c0, tol=tol, max_iter=self.inner_max_iter,
+            cg_max_iter=self.cg_max_iter)
+        self.n_evaluations = getattr(self, "n_evaluations", 0) + 1
+        return res.loss + self._outer_regularization(K)[0], res.W, res.c
+
+    def reduced_gradient(self, params):
+        """grad Phi in (K, b) at params = (K, b, W*, c*): the partial gradient
+        of the regularised loss in (K, b), as ``Params(dK, db, None, None)``."""
+        dK = db = None
+        for x, lab, weight, _ in self._groups:
+            _, g = loss_and_grad(x, lab, params, activation=self.activation,
+                                 boundary=self.boundary,
+                                 class_weight=self._class_weight,
+                                 ignore_index=self.ignore_index,
+                                 method=self.method)
+            share = weight / self._total_weight if self._total_weight else 0.0
+            dK = share * g.K if dK is None else dK + share * g.K
+            db = share * g.b if db is None else db + share * g.b
+        dK = dK + self._outer_regularization(params.K)[1]
+        return Params(dK, db, None, None)
+
+    def reduced_loss_and_grad(self, K, b, W0, c0=None):
+        """``(phi, Params(dK, db, None, None), W*, c*)`` at (K, b), the inner
+        problem solved from (W0, c0). Needs :meth:`set_data` (or
+        :meth:`start`) first."""
+        phi, W, c = self.reduced_loss(K, b, W0, c0)
+        return phi, self.reduced_gradient(Params(K, b, W, c)), W, c
+
+    # -- the outer iteration --------------------------------------------------
+
+    def start(self, x, labels, params):
+        """Keep the data, solve the inner problem at params' (K, b) from
+        params' (W, c); return ``(params with W*, c*, Phi)``."""
+        self.set_data(x, labels, params)
+        self.params = None  # the first inner solve uses inner_tol alone
+        self.n_evaluations = 0
+        self.n_iter = 0
+        phi, grad, W, c = self.reduced_loss_and_grad(params.K, params.b,
+                                                     params.W, params.c)
+        self.params = Params(params.K, params.b, W, c)
+        if not (math.isfinite(phi) and all_finite(*grad)):
+            raise NonFiniteLossError(
+                f"the VarPro objective is {phi} at the starting point "
+                "(iteration 0)", iteration=0, loss=phi, params=params)
+        self.loss, self._grad = phi, grad
+        self.grad_norm = tree_norm(grad)
+        self._pairs = []
+        self.stalled = False
+        return self.params, self.loss
+
+    def _direction(self, g):
+        """-H g by the L-BFGS two-loop recursion."""
+        q = g
+        alphas = []
+        for s, y, rho in reversed(self._pairs):
+            a = rho * tree_dot(s, q)
+            q = tree_axpy(q, -a, y)
+            alphas.append(a)
+        if self._pairs:
+            s, y, _ = self._pairs[-1]
+            gamma = tree_dot(s, y) / tree_dot(y, y)
+        else:  # first step: at most unit length
+            gamma = min(1.0, 1.0 / max(tree_norm(g), 1e-30))
+        r = tree_scale(gamma, q)
+        for (s, y, rho), a in zip(self._pairs, reversed(alphas)):
+            beta = rho * tree_dot(y, r)
+            r = tree_axpy(r, a - beta, s)
+        return tree_scale(-1.0, r)
+
+    def step(self):
+        """One outer iteration; returns ``(params, Phi)``.
+
+        When no decrease can be found, :attr:`stalled` is set and the
+        parameters are returned unchanged.
+        """
+        if self.params is None:
+            raise RuntimeError("call VarPro.start(x, labels, params) before step()")
+        if self.stalled:
+            return self.params, self.loss
+        p, g = self.params, self._grad
+        z = Params(p.K, p.b, None, None)
+        for attempt in ("lbfgs", "gradient"):
+            if attempt == "lbfgs":
+                d = self._direction(g)
+            else:  # a unit step along -g
+                d = tree_scale(-1.0 / max(tree_norm(g), 1e-30), g)
+            slope = tree_dot(g, d)
+            if not slope < 0:
+                self._pairs = []
+                continue
+            t = 1.0
+            for _ in range(self.max_backtracks):
+                trial = tree_axpy(z, t, d)
+                phi, W, c = self.reduced_loss(trial.K, trial.b, p.W, p.c)
+                if math.isfinite(phi) and phi <= self.loss + self.c1 * t * slope:
+                    break
+                t *= 0.5
+            else:
+                self._pairs = []  # no decrease along d
+                continue
+            new = Params(trial.K, trial.b, W, c)
+            g_new = self.reduced_gradient(new)
+            s = tree_scale(t, d)
+            y = tree_map(lambda u, v: u - v, g_new, g)
+            sy = tree_dot(s, y)
+            if sy > 1e-10 * tree_norm(s) * tree_norm(y):  # curvature condition
+                self._pairs = (self._pairs + [(s, y, 1.0 / sy)])[-self.memory:]
+            self.params, self.loss, self._grad = new, phi, g_new
+            self.grad_norm = tree_norm(g_new)
+            self.n_iter += 1
+            return self.params, self.loss
+        self.stalled = True
+        return self.params, self.loss
+
+    def minimize(self, x, labels, params, *, max_iter=50, tol=1e-6):
+        """:meth:`start`, then up to ``max_iter`` steps, stopping when the
+        reduced gradient norm is at most ``tol`` or the iteration stalls.
+
+        Returns
+        -------
+        Params
+        """
+        self.start(x, labels, params)
+        for _ in range(max_iter):
+            if self.grad_norm <= tol or self.stalled:
+                break
+            self.step()
+        return self.params
+
+    def __repr__(self):
+        return (f"VarPro(weight_decay={self.weight_decay!r}, "
+                f"smoothness={self.smoothness!r}, memory={self.memory!r})")
