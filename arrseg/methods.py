@@ -6,8 +6,11 @@
 - ``"fft"``: the array-API reference with the FFT convolution
   (:mod:`arrseg.numerics.fft_convolution`), on every namespace with an
   ``fft`` extension.
-- ``"auto"``: the faster of the two by :func:`predicted_seconds`, with a
-  preference for "direct" on small problems (:data:`FFT_MIN_SECONDS`).
+- ``"fused"``: on CuPy arrays, the fused CUDA kernels (:mod:`arrseg.cuda`),
+  within their limits (:func:`arrseg.cuda.limits.supports`).
+- ``"auto"``: "fused" wherever it applies; otherwise the faster of "direct"
+  and "fft" by :func:`predicted_seconds`, with a preference for "direct" on
+  small problems (:data:`FFT_MIN_SECONDS`).
 
 An explicit method that cannot run a call raises ValueError; only "auto"
 falls back. The cost model is in the spirit of
@@ -20,12 +23,12 @@ from __future__ import annotations
 
 import math
 
-from array_api_compat import is_numpy_namespace
+from array_api_compat import is_cupy_namespace, is_numpy_namespace
 
 __all__ = ["COST_COEFFICIENTS", "METHODS", "predicted_seconds", "resolve_method"]
 
 #: Values accepted by ``method=``.
-METHODS = ("auto", "direct", "fft")
+METHODS = ("auto", "direct", "fft", "fused")
 
 #: Seconds per unit of work, per (method, backend kind, pass), fitted by
 #: ``tools/calibrate_methods.py``. The units are in :func:`_work`.
@@ -100,16 +103,26 @@ def predicted_seconds(method, xp, x_shape, kernel_shape, *, train):
     return sum(c * u for c, u in zip(coeffs, _work(method, N, C, H, W, k, s)))
 
 
-def _unavailable(method, xp):
+def _unavailable(method, xp, x_shape=None, kernel_shape=None, n_classes=None,
+                 dtype=None):
     """Why ``method`` cannot run on namespace xp, or None if it can."""
+    if method == "fused":
+        if not is_cupy_namespace(xp):
+            return ("the fused CUDA kernels take CuPy arrays, got namespace "
+                    f"{getattr(xp, '__name__', xp)!r}")
+        from .cuda.limits import supports
+
+        ok, reason = supports(x_shape, kernel_shape, n_classes, dtype)
+        return None if ok else reason
     if method == "fft" and not hasattr(xp, "fft"):
         return (f"the namespace {getattr(xp, '__name__', xp)!r} has no fft "
                 "extension")
     return None
 
 
-def resolve_method(method, xp, x_shape, kernel_shape, *, train):
-    """The concrete method ("direct" or "fft") that runs a call.
+def resolve_method(method, xp, x_shape, kernel_shape, *, train, n_classes=None,
+                   dtype=None):
+    """The concrete method ("direct", "fft" or "fused") that runs a call.
 
     Parameters
     ----------
@@ -118,6 +131,10 @@ def resolve_method(method, xp, x_shape, kernel_shape, *, train):
     xp : namespace
     x_shape, kernel_shape : tuple
     train : bool
+    n_classes : int, optional
+    dtype : dtype, optional
+        The compute dtype; with n_classes, what "fused" needs to check its
+        limits.
 
     Returns
     -------
@@ -128,12 +145,15 @@ def resolve_method(method, xp, x_shape, kernel_shape, *, train):
     ValueError
         If an explicitly requested method cannot run the call.
     """
+    details = (x_shape, kernel_shape, n_classes, dtype)
     if method != "auto":
-        reason = _unavailable(method, xp)
+        reason = _unavailable(method, xp, *details)
         if reason is not None:
             raise ValueError(f"method={method!r} cannot run this call: {reason}; "
                              "use method='auto' or 'direct'")
         return method
+    if _unavailable("fused", xp, *details) is None:
+        return "fused"
     if _unavailable("fft", xp) is not None:
         return "direct"
     direct = predicted_seconds("direct", xp, x_shape, kernel_shape, train=train)

@@ -68,10 +68,11 @@ def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="aut
     activation : {"tanh", "relu", "sigmoid", "identity"}, default "tanh"
     boundary : {"zeros", "periodic"}, default "zeros"
         Zero padding, or wrap-around (circular convolution).
-    method : {"auto", "direct", "fft"}, default "auto"
-        How the convolution is computed (:mod:`arrseg.methods`): "direct"
-        (on NumPy, the blocked and threaded fast path), "fft", or "auto",
-        the one the cost model predicts faster.
+    method : {"auto", "direct", "fft", "fused"}, default "auto"
+        How the network is computed (:mod:`arrseg.methods`): "direct" (on
+        NumPy, the blocked and threaded fast path), "fft", "fused" (CuPy
+        arrays: the fused CUDA kernels), or "auto": "fused" where it
+        applies, else the one the cost model predicts faster.
 
     Returns
     -------
@@ -101,7 +102,13 @@ def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="aut
     _check_options(activation, boundary, method)
     a = check_call(x, params)
     xp = a.xp
-    method = resolve_method(method, xp, a.x.shape, a.params.K.shape, train=False)
+    method = resolve_method(method, xp, a.x.shape, a.params.K.shape, train=False,
+                            n_classes=a.params.W.shape[1], dtype=a.dtype)
+    if method == "fused":
+        from .cuda import fused
+
+        P = fused.fused_forward(a.x, a.params, activation, boundary)
+        return P if P.dtype == a.out_dtype else xp.astype(P, a.out_dtype)
     if method == "direct" and is_numpy_namespace(xp):
         from .cpu import blocked
 
@@ -150,10 +157,11 @@ def loss_and_grad(
         Non-negative, finite weight per class.
     ignore_index : int, default -100
         Label of pixels that do not count (PyTorch's default).
-    method : {"auto", "direct", "fft"}, default "auto"
-        How the convolution is computed (:mod:`arrseg.methods`): "direct"
-        (on NumPy, the blocked and threaded fast path), "fft", or "auto",
-        the one the cost model predicts faster.
+    method : {"auto", "direct", "fft", "fused"}, default "auto"
+        How the network is computed (:mod:`arrseg.methods`): "direct" (on
+        NumPy, the blocked and threaded fast path), "fft", "fused" (CuPy
+        arrays: the fused CUDA kernels), or "auto": "fused" where it
+        applies, else the one the cost model predicts faster.
 
     Returns
     -------
@@ -182,8 +190,16 @@ def loss_and_grad(
     _check_options(activation, boundary, method)
     a = check_call(x, params, labels, class_weight, ignore_index)
     xp = a.xp
-    method = resolve_method(method, xp, a.x.shape, a.params.K.shape, train=True)
-    if method == "direct" and is_numpy_namespace(xp):
+    method = resolve_method(method, xp, a.x.shape, a.params.K.shape, train=True,
+                            n_classes=a.params.W.shape[1], dtype=a.dtype)
+    if method == "fused":
+        from .cuda import fused
+
+        loss, grads = fused.fused_loss_and_grad(
+            a.x, a.labels, a.params, activation, boundary, a.class_weight,
+            ignore_index,
+        )
+    elif method == "direct" and is_numpy_namespace(xp):
         from .cpu import blocked
 
         loss, grads = blocked.loss_and_grad(

@@ -41,9 +41,9 @@ __all__ = [
 #: Array backends arrseg is benchmarked on.
 BACKENDS = ("numpy", "torch", "cupy")
 #: Values of ``method=`` benchmarked; those missing from
-#: ``arrseg.network.METHODS`` are skipped. Add "fused" when the CuPy kernel
-#: lands (arrseg refuses it elsewhere, which is a skip too, see setup).
-METHOD_NAMES = ("direct", "fft", "auto")
+#: ``arrseg.network.METHODS`` are skipped, and so are those arrseg refuses
+#: for a backend ("fused" off CuPy; see setup).
+METHOD_NAMES = ("direct", "fft", "fused", "auto")
 #: The methods "auto" chooses from: where a figure of "auto" is that of the
 #: method it picks (memory, accuracy), it is not measured again.
 EXPLICIT_METHODS = tuple(m for m in METHOD_NAMES if m != "auto")
