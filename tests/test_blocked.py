@@ -209,3 +209,26 @@ def test_features_match_the_generic_path(rng, activation, boundary, block_bytes)
     want = forward_backward.features(x, params.K, params.b, activation,
                                      boundary, xp)
     assert_close(got, want, xp=xp, rtol=1e-13, atol=1e-15)
+
+
+def test_concurrent_calls_restore_the_blas_threads(monkeypatch):
+    # calls from two user threads run one after the other, each with BLAS on
+    # one thread; afterwards BLAS has its thread count back
+    import threading
+
+    monkeypatch.setenv("ARRSEG_NUM_THREADS", "2")
+    before = threads.blas_threads()
+    inside = []
+
+    def work(i):
+        inside.append(threads.blas_threads())
+        return i
+
+    callers = [threading.Thread(target=threads.parallel_map, args=(work, 4))
+               for _ in range(3)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(timeout=30)
+    assert inside == [[1] * len(before)] * 12
+    assert threads.blas_threads() == before

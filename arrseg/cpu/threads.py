@@ -6,7 +6,8 @@ to one thread for the duration (threadpoolctl), or its own threads would
 compete with ours for the same cores.
 
 The number of threads is ``ARRSEG_NUM_THREADS`` if set, else the number of
-CPUs this process may run on.
+CPUs this process may run on. Calls from several user threads run one after
+the other (each already uses every core).
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ def _blas_controller():
     return ThreadpoolController()
 
 
+#: One blocked call at a time: each already uses every core, and
+#: threadpoolctl's BLAS limit is process-wide, so overlapping calls from two
+#: user threads would save each other's limit of 1 as "the original" and
+#: could leave BLAS single-threaded for good.
+_call_lock = threading.Lock()
+
+
+def blas_threads():
+    """The thread counts of the loaded BLAS libraries (for tests)."""
+    return [info["num_threads"] for info in _blas_controller().info()
+            if info["user_api"] == "blas"]
+
+
 def parallel_map(work, n_tasks):
     """Run ``work(i)`` for every i in range(n_tasks) on the threads; return
     the results in task order.
@@ -74,7 +88,7 @@ def parallel_map(work, n_tasks):
                     return
                 results[i] = work(i)
 
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    with _call_lock, _blas_controller().limit(limits=1, user_api="blas"):
         if n == 1:
             worker()
         else:
