@@ -17,7 +17,8 @@ from array_api_compat import (
     is_torch_array,
 )
 
-__all__ = ["namespace_of", "resolve_namespace", "default_namespace", "to_numpy", "device", "float_dtype"]
+__all__ = ["namespace_of", "resolve_namespace", "default_namespace", "to_numpy",
+           "device", "float_dtype", "float_name", "image_float_dtype"]
 
 
 def default_namespace():
@@ -165,3 +166,32 @@ def float_dtype(xp, dtype):
         + (" (float16 is not supported: its range overflows the softmax and "
            "the gradient sums)" if name == "float16" else "")
     )
+
+
+def float_name(xp, dtype):
+    """"float32" or "float64" for those dtypes of ``xp``, else None.
+
+    The one test of "is this one of the two float dtypes arrseg computes
+    in", used by every check of images and parameters.
+    """
+    for name in ("float32", "float64"):
+        if dtype == getattr(xp, name):
+            return name
+    return None
+
+
+def image_float_dtype(xp, dtype, name="images"):
+    """The float dtype images of ``dtype`` are computed in.
+
+    float32 and float64 are kept; integer and bool images (uint8, uint16,
+    masks) give float32. Any other dtype raises TypeError naming ``name``.
+    """
+    if xp.isdtype(dtype, "real floating"):
+        kept = float_name(xp, dtype)
+        if kept is None:
+            raise TypeError(f"{name} must be float32, float64 or integer, got dtype "
+                            f"{dtype}")
+        return getattr(xp, kept)
+    if xp.isdtype(dtype, ("integral", "bool")):
+        return xp.float32
+    raise TypeError(f"{name} must be real (float, integer or bool), got dtype {dtype}")

@@ -1,10 +1,17 @@
-"""Argument checks of the public functions.
+"""Argument checks of the network's arrays: the public edge.
 
 Every check names the argument, the value received and what was expected.
 Shape and dtype checks cost nothing; the value checks (finite images and
-parameters, labels in range, class weights) are reduced on the device into
-one small array and brought to the host once, so a checked call costs one
-synchronisation however many arrays it checks.
+parameters, labels in range, class weights) are made in one pass over the
+arrays and read back to the host once, as one small array of flags:
+
+- on CuPy arrays, one kernel (:func:`arrseg.cuda.checks.value_flags`)
+  checks every array of the call and writes seven flags;
+- elsewhere, one reduction per array, stacked on the device.
+
+So a checked call costs one synchronisation however many arrays it checks.
+Only when a flag is set are the offending values read back, to say which
+they are. The scalar checks are in :mod:`arrseg._arguments`.
 """
 
 from __future__ import annotations
@@ -13,27 +20,31 @@ import operator
 from typing import Any, NamedTuple
 
 import numpy as np
+from array_api_compat import is_cupy_namespace
 
-from ._backend import device, namespace_of, to_numpy
+from ._arguments import check_choice
+from ._backend import device, float_name, namespace_of, to_numpy
+from .core import Options, fused_kernels
 from .params import Params
 
-__all__ = ["Checked", "check_call", "check_choice", "check_ignore_index"]
+__all__ = ["CHECK_NAMES", "Checked", "check_call", "check_choice",
+           "check_ignore_index", "check_options", "check_values"]
+
+#: The value checks of one call, in the order of their flags.
+CHECK_NAMES = ("x", "params.K", "params.b", "params.W", "params.c", "labels",
+               "class_weight")
 
 
-def check_choice(name, value, choices):
-    """Raise ValueError unless ``value`` is one of ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(
-            f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
-        )
-    return value
+def check_options(activation, boundary, method):
+    """The network's options, checked, as an :class:`arrseg.core.Options`."""
+    from .methods import METHODS
+    from .numerics.activations import ACTIVATIONS
+    from .numerics.convolution import BOUNDARIES
 
-
-def _float_name(xp, dtype):
-    for name in ("float32", "float64"):
-        if dtype == getattr(xp, name):
-            return name
-    return None
+    check_choice("activation", activation, tuple(ACTIVATIONS))
+    check_choice("boundary", boundary, BOUNDARIES)
+    check_choice("method", method, METHODS)
+    return Options(activation, boundary, method)
 
 
 def _as_params(params):
@@ -88,12 +99,12 @@ def _check_param_shapes(p, xp):
         )
     dtypes = {name: a.dtype for name, a in zip(Params._fields, p) if a is not None}
     for name, dt in dtypes.items():
-        if _float_name(xp, dt) is None:
+        if float_name(xp, dt) is None:
             raise TypeError(
                 f"params.{name} must be float32 or float64, got dtype {dt}"
             )
-    if len(set(_float_name(xp, dt) for dt in dtypes.values())) > 1:
-        listing = ", ".join(f"{n}: {_float_name(xp, d)}" for n, d in dtypes.items())
+    if len(set(float_name(xp, dt) for dt in dtypes.values())) > 1:
+        listing = ", ".join(f"{n}: {float_name(xp, d)}" for n, d in dtypes.items())
         raise TypeError(
             f"params must share one dtype, got {listing}; cast them with astype"
         )
@@ -115,7 +126,7 @@ def _check_images(x, p, xp):
             f"expects C = {C} (shape {tuple(p.K.shape)})"
         )
     if xp.isdtype(x.dtype, ("real floating")):
-        if _float_name(xp, x.dtype) is None:
+        if float_name(xp, x.dtype) is None:
             raise TypeError(
                 f"x must be float32 or float64 (or integer/bool, converted), got "
                 f"dtype {x.dtype}; float16 is not supported, cast with "
@@ -183,10 +194,15 @@ class Checked(NamedTuple):
     out_dtype: Any
     #: dtype of the loss and the gradients: the parameters'
     param_dtype: Any
+    #: the label of pixels that do not count, a Python int
+    ignore_index: int = -100
 
 
 def check_ignore_index(ignore_index):
-    """ignore_index as a Python int; TypeError naming it otherwise."""
+    """ignore_index as a Python int; TypeError naming it otherwise (bool
+    included: ``True`` is no label)."""
+    if isinstance(ignore_index, (bool, np.bool_)):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
     try:
         return operator.index(ignore_index)
     except TypeError:
@@ -221,34 +237,64 @@ def check_call(x, params, labels=None, class_weight=None, ignore_index=-100):
         ignore_index = check_ignore_index(ignore_index)
         class_weight = _check_class_weight(class_weight, p.W.shape[1], dtype, xp,
                                            device(x))
+    else:
+        ignore_index = check_ignore_index(ignore_index)
+        class_weight = None
 
-    _check_values(x, p, labels, class_weight, ignore_index, xp)
+    check_values(x, p, labels, class_weight, ignore_index, xp)
 
-    return Checked(xp, x, p, labels, class_weight, dtype, out_dtype, param_dtype)
+    return Checked(xp, x, p, labels, class_weight, dtype, out_dtype, param_dtype,
+                   ignore_index)
 
 
-def _check_values(x, p, labels, class_weight, ignore_index, xp):
-    """All value checks in one reduction and one host transfer."""
-    names, flags = [], []
-    for name, a in [("x", x)] + [(f"params.{n}", a) for n, a in
-                                 zip(Params._fields, p)]:
+def _value_flags(x, p, labels, class_weight, ignore_index, xp):
+    """The failed checks, as (names, device array of flags, nonzero = failed)."""
+    kernels = fused_kernels(xp)
+    if is_cupy_namespace(xp) or kernels is not None:
+        from .cuda.checks import value_flags
+
+        return CHECK_NAMES, value_flags(x, p, labels, class_weight, ignore_index,
+                                        kernels=kernels)
+    names, ok = [], []
+    for name, a in zip(CHECK_NAMES, (x, *p)):
         if a is not None:
             names.append(name)
-            flags.append(xp.all(xp.isfinite(a)))
-    n_c = p.W.shape[1]
+            ok.append(xp.all(xp.isfinite(a)))
     if labels is not None:
-        valid = (labels >= 0) & (labels < n_c)
-        valid = valid | (labels == ignore_index)
+        n_c = p.W.shape[1]
         names.append("labels")
-        flags.append(xp.all(valid))
+        ok.append(xp.all(((labels >= 0) & (labels < n_c)) | (labels == ignore_index)))
     if class_weight is not None:
         names.append("class_weight")
-        flags.append(xp.all(xp.isfinite(class_weight) & (class_weight >= 0)))
-    ok = to_numpy(xp.astype(xp.stack(flags), xp.int8)).astype(bool)
-    if ok.all():
+        ok.append(xp.all(xp.isfinite(class_weight) & (class_weight >= 0)))
+    return tuple(names), xp.astype(~xp.stack(ok), xp.int8)
+
+
+def check_values(x, p, labels, class_weight, ignore_index, xp):
+    """All value checks of a call: one pass, one host transfer.
+
+    Parameters
+    ----------
+    x : array (N, C, H, W), the compute dtype
+    p : Params, in x's dtype
+    labels : int64 array (N, H, W), or None
+    class_weight : array (n_c,), or None
+    ignore_index : int
+    xp : namespace
+
+    Raises
+    ------
+    ValueError
+        For the first failed check of :data:`CHECK_NAMES`, with the message
+        of that check.
+    """
+    names, flags = _value_flags(x, p, labels, class_weight, ignore_index, xp)
+    bad = to_numpy(flags)
+    if not bad.any():
         return
-    bad = names[int(np.argmin(ok))]
-    if bad == "labels":
+    name = names[int(np.flatnonzero(bad)[0])]
+    n_c = p.W.shape[1]
+    if name == "labels":
         lab = to_numpy(labels)
         outside = lab[((lab < 0) | (lab >= n_c)) & (lab != ignore_index)]
         raise ValueError(
@@ -256,14 +302,14 @@ def _check_values(x, p, labels, class_weight, ignore_index, xp):
             f"{ignore_index}; got {outside.size} other value(s), e.g. "
             f"{sorted(set(outside.tolist()))[:5]}"
         )
-    if bad == "class_weight":
+    if name == "class_weight":
         raise ValueError(
             "class_weight must be finite and non-negative, got "
             f"{to_numpy(class_weight).tolist()}"
         )
-    arr = to_numpy(x if bad == "x" else getattr(p, bad.split(".")[1]))
+    arr = to_numpy(x if name == "x" else getattr(p, name.split(".")[1]))
     n_bad = int(np.sum(~np.isfinite(arr)))
     raise ValueError(
-        f"{bad} must be finite, got {n_bad} non-finite value(s) (NaN or inf) "
+        f"{name} must be finite, got {n_bad} non-finite value(s) (NaN or inf) "
         f"of {arr.size}"
     )

@@ -104,10 +104,12 @@ def predicted_seconds(method, xp, x_shape, kernel_shape, *, train):
 
 
 def _unavailable(method, xp, x_shape=None, kernel_shape=None, n_classes=None,
-                 dtype=None):
+                 dtype=None, fused_available=None):
     """Why ``method`` cannot run on namespace xp, or None if it can."""
     if method == "fused":
-        if not is_cupy_namespace(xp):
+        if fused_available is None:
+            fused_available = is_cupy_namespace(xp)
+        if not fused_available:
             return ("the fused CUDA kernels take CuPy arrays, got namespace "
                     f"{getattr(xp, '__name__', xp)!r}")
         from .cuda.limits import supports
@@ -121,12 +123,12 @@ def _unavailable(method, xp, x_shape=None, kernel_shape=None, n_classes=None,
 
 
 def resolve_method(method, xp, x_shape, kernel_shape, *, train, n_classes=None,
-                   dtype=None):
+                   dtype=None, fused_available=None):
     """The concrete method ("direct", "fft" or "fused") that runs a call.
 
     Parameters
     ----------
-    method : {"auto", "direct", "fft"}
+    method : {"auto", "direct", "fft", "fused"}
         Already checked to be one of :data:`METHODS`.
     xp : namespace
     x_shape, kernel_shape : tuple
@@ -135,6 +137,10 @@ def resolve_method(method, xp, x_shape, kernel_shape, *, train, n_classes=None,
     dtype : dtype, optional
         The compute dtype; with n_classes, what "fused" needs to check its
         limits.
+    fused_available : bool, optional
+        Whether the fused kernels can run on xp's arrays at all (default:
+        xp is CuPy). :func:`arrseg.core.select_path`, the dispatcher every
+        caller goes through, passes it.
 
     Returns
     -------
@@ -145,7 +151,7 @@ def resolve_method(method, xp, x_shape, kernel_shape, *, train, n_classes=None,
     ValueError
         If an explicitly requested method cannot run the call.
     """
-    details = (x_shape, kernel_shape, n_classes, dtype)
+    details = (x_shape, kernel_shape, n_classes, dtype, fused_available)
     if method != "auto":
         reason = _unavailable(method, xp, *details)
         if reason is not None:

@@ -35,7 +35,7 @@ from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_nam
 
 from ._backend import device, namespace_of, to_numpy
 from ._validation import check_ignore_index
-from .params import _positive_int
+from ._arguments import check_int
 
 __all__ = ["confusion_matrix", "dice", "iou", "mean_iou", "pixel_accuracy"]
 
@@ -120,14 +120,28 @@ def _bincount(codes, length, xp):
 
 def _confusion(y_true, y_pred, n_classes, ignore_index):
     """Check the arguments; return (xp, confusion matrix)."""
-    n_classes = _positive_int("n_classes", n_classes)
+    n_classes = check_int("n_classes", n_classes, 1)
     xp, t, p, ignore_index = _check_labels(y_true, y_pred, ignore_index)
+    _check_range(t, p, t != ignore_index, n_classes, ignore_index, xp)
+    return xp, confusion_counts(t, p, n_classes, ignore_index, xp)
+
+
+def confusion_counts(t, p, n_classes, ignore_index, xp):
+    """The confusion matrix of checked flat int64 labels, on their device.
+
+    No checks and no host transfer: for callers that checked the labels
+    once (the Segmenter's validation scores, every iteration).
+
+    Returns
+    -------
+    int64 array (n_classes, n_classes)
+        ``M[i, j]``: pixels of true class i predicted as j.
+    """
     counted = t != ignore_index
-    _check_range(t, p, counted, n_classes, ignore_index, xp)
     # pixels that do not count go to the extra code n_c^2, dropped by the count
     codes = xp.where(counted, n_classes * t + p, n_classes * n_classes)
     counts = _bincount(codes, n_classes * n_classes, xp)
-    return xp, xp.reshape(counts, (n_classes, n_classes))
+    return xp.reshape(counts, (n_classes, n_classes))
 
 
 def _ratio(num, den, xp):
@@ -135,7 +149,7 @@ def _ratio(num, den, xp):
     num = xp.astype(num, xp.float64)
     den = xp.astype(den, xp.float64)
     empty = den == 0
-    return xp.where(empty, xp.asarray(xp.nan, dtype=xp.float64, device=device(den)),
+    return xp.where(empty, xp.full((), xp.nan, dtype=xp.float64, device=device(den)),
                     num / xp.where(empty, xp.ones_like(den), den))
 
 

@@ -1,19 +1,18 @@
 """Public entry points of the network: :func:`predict_proba`, :func:`loss_and_grad`.
 
-Each call resolves the array namespace once, validates its arguments
-(:mod:`arrseg._validation`), chooses a method (:mod:`arrseg.methods`) and
-delegates to it: on NumPy arrays ``"direct"`` runs the blocked, threaded
-path of :mod:`arrseg.cpu.blocked`; on any other namespace, and for
-``"fft"``, the array-API implementation in :mod:`arrseg.numerics` runs.
+Each call is the public edge: it checks its arguments once
+(:mod:`arrseg._validation`: one host synchronisation for every value check
+together) and hands the checked values to the core (:mod:`arrseg.core`),
+whose one dispatcher picks the implementation: the fused CUDA kernels on
+CuPy arrays, the blocked, threaded path on NumPy arrays, or the array-API
+implementation in :mod:`arrseg.numerics` (direct or FFT convolution).
 """
 
 from __future__ import annotations
 
-from array_api_compat import is_numpy_namespace
-
-from ._validation import check_call, check_choice
-from .methods import METHODS, resolve_method
-from .numerics import forward_backward
+from . import core
+from ._validation import check_call, check_options
+from .methods import METHODS
 from .numerics.activations import ACTIVATIONS
 from .numerics.convolution import BOUNDARIES
 from .params import Params
@@ -31,23 +30,6 @@ ACTIVATION_NAMES = tuple(ACTIVATIONS)
 
 #: PyTorch's default ignore label, so that labels can be exchanged as is.
 DEFAULT_IGNORE_INDEX = -100
-
-
-def _convolution(method):
-    """The module of convolution products that ``method`` names."""
-    if method == "fft":
-        from .numerics import fft_convolution
-
-        return fft_convolution
-    from .numerics import convolution
-
-    return convolution
-
-
-def _check_options(activation, boundary, method):
-    check_choice("activation", activation, ACTIVATION_NAMES)
-    check_choice("boundary", boundary, BOUNDARIES)
-    check_choice("method", method, METHODS)
 
 
 def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="auto"):
@@ -99,24 +81,9 @@ def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="aut
     >>> bool(np.allclose(P.sum(axis=1), 1, atol=1e-6))
     True
     """
-    _check_options(activation, boundary, method)
+    options = check_options(activation, boundary, method)
     a = check_call(x, params)
-    xp = a.xp
-    method = resolve_method(method, xp, a.x.shape, a.params.K.shape, train=False,
-                            n_classes=a.params.W.shape[1], dtype=a.dtype)
-    if method == "fused":
-        from .cuda import fused
-
-        P = fused.fused_forward(a.x, a.params, activation, boundary)
-        return P if P.dtype == a.out_dtype else xp.astype(P, a.out_dtype)
-    if method == "direct" and is_numpy_namespace(xp):
-        from .cpu import blocked
-
-        return blocked.forward(a.x, a.params, activation, boundary,
-                               out_dtype=a.out_dtype)
-    P = forward_backward.forward(a.x, a.params, activation, boundary, xp,
-                                 conv=_convolution(method))
-    return P if P.dtype == a.out_dtype else xp.astype(P, a.out_dtype)
+    return core.forward(a.x, a.params, options, a.xp, out_dtype=a.out_dtype)
 
 
 def loss_and_grad(
@@ -187,30 +154,11 @@ def loss_and_grad(
     >>> loss.shape, grads.K.shape == params.K.shape
     ((), True)
     """
-    _check_options(activation, boundary, method)
+    options = check_options(activation, boundary, method)
     a = check_call(x, params, labels, class_weight, ignore_index)
     xp = a.xp
-    method = resolve_method(method, xp, a.x.shape, a.params.K.shape, train=True,
-                            n_classes=a.params.W.shape[1], dtype=a.dtype)
-    if method == "fused":
-        from .cuda import fused
-
-        loss, grads = fused.fused_loss_and_grad(
-            a.x, a.labels, a.params, activation, boundary, a.class_weight,
-            ignore_index,
-        )
-    elif method == "direct" and is_numpy_namespace(xp):
-        from .cpu import blocked
-
-        loss, grads = blocked.loss_and_grad(
-            a.x, a.labels, a.params, activation, boundary, a.class_weight,
-            ignore_index,
-        )
-    else:
-        loss, grads = forward_backward.loss_and_grad(
-            a.x, a.labels, a.params, activation, boundary, a.class_weight,
-            ignore_index, xp, conv=_convolution(method),
-        )
+    loss, grads = core.loss_and_grad(a.x, a.labels, a.params, options,
+                                     a.class_weight, a.ignore_index, xp)
     if a.dtype != a.param_dtype:
         loss = xp.astype(loss, a.param_dtype)
         grads = tuple(None if g is None else xp.astype(g, a.param_dtype) for g in grads)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._arguments import check_int
 from ._backend import float_dtype, resolve_namespace
 
 __all__ = ["Params", "init_params"]
@@ -70,18 +70,6 @@ class Params(NamedTuple):
         return int(self.K.shape[2])
 
 
-def _positive_int(name, value, minimum=1):
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"{name} must be an integer, got {type(value).__name__} {value!r}"
-        ) from None
-    if v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
-    return v
-
-
 def init_params(
     in_channels,
     width,
@@ -135,10 +123,10 @@ def init_params(
     >>> p.K.dtype, p.c
     (dtype('float64'), array([0., 0.]))
     """
-    C = _positive_int("in_channels", in_channels)
-    k = _positive_int("width", width)
-    n_c = _positive_int("n_classes", n_classes)
-    s = _positive_int("kernel_size", kernel_size)
+    C = check_int("in_channels", in_channels, 1)
+    k = check_int("width", width, 1)
+    n_c = check_int("n_classes", n_classes, 1)
+    s = check_int("kernel_size", kernel_size, 1)
     if s % 2 == 0:
         raise ValueError(
             f"kernel_size must be odd (the output keeps the input's size), got {s}"

@@ -1,55 +1,74 @@
-"""Prediction of large images tile by tile, in bounded memory.
+"""Prediction of large images in bounded memory, tile by tile.
 
 :func:`predict_proba_tiled` gives the same P as :func:`arrseg.predict_proba`
 (within floating-point round-off) but evaluates the network on one tile of
 (th, tw) pixels at a time. An output pixel depends on the input pixels
 within p = s // 2 of it (the convolution is the only layer that mixes
-pixels), so each tile is evaluated on its *haloed* input, the tile grown by
-p on every side, and the p-wide border of the result is discarded::
+pixels: p is derived from the model), so each tile is evaluated on its
+*haloed* input, the tile grown by p on every side, and the p-wide border of
+the result is discarded::
 
     haloed input     rows r0 - p .. r1 + p,  columns c0 - p .. c1 + p
-    evaluated        predict_proba(haloed input, boundary="zeros")
+    evaluated        the core's forward pass, boundary="zeros"
     kept             rows r0 .. r1, columns c0 .. c1 of the result
 
 The halo holds the neighbouring tiles' pixels. Where it reaches past the
 image edge it holds what the boundary condition puts there:
 
-* ``"zeros"``: nothing is gathered past the edge; the zero padding that
-  ``predict_proba(..., boundary="zeros")`` adds around the haloed tile is
-  the image's own boundary there. (On the inner sides it only changes the
-  discarded halo outputs.)
+* ``"zeros"``: nothing is gathered past the edge; the zero padding of the
+  forward pass around the haloed tile is the image's own boundary there.
+  (On the inner sides it only changes the discarded halo outputs.)
 * ``"periodic"``: the halo wraps around the image (indices taken modulo H
-  and W), and the haloed tile is then evaluated with ``boundary="zeros"``:
-  the wrapped data already is the periodic boundary.
+  and W, computed on the device), and the haloed tile is then evaluated
+  with ``boundary="zeros"``: the wrapped data already is the periodic
+  boundary.
+
+When to tile. Tiles exist to bound the *working memory* of a forward pass:
+the intermediates it holds beside its input x and its output P
+(:func:`working_bytes`). With ``tile_size=None`` an image is cut into tiles
+only when that working memory would exceed ``memory_budget`` (default
+:data:`DEFAULT_MEMORY_BUDGET`), and then into the largest tiles that fit
+(:func:`plan_tiles`). The fused CUDA kernels and the blocked NumPy path
+hold no intermediates that grow with the image, so on CuPy and NumPy an
+image of any size is one forward pass; the array-API paths (PyTorch,
+array_api_strict, the FFT) hold about (3 k + 2 n_c) numbers per pixel and
+are tiled. An explicit ``tile_size`` always tiles at that size.
+
+Checks. The arguments are checked once per call, on the whole image (one
+host synchronisation); every tile then runs the unchecked core
+(:func:`arrseg.core.forward`), so a call synchronises once however many
+tiles it has.
 
 Memory: the output P of shape (N, n_c, H, W) is allocated once and each
-tile's probabilities are written into it. Beyond P (and x, converted to the
-compute dtype if it is not already in it), the working memory is that of
-one ``predict_proba`` call on N images of (th + 2p) x (tw + 2p) pixels, a
-small multiple of N (th + 2p)(tw + 2p)(C + k + n_c) numbers, whatever the
-image size. It grows with N: for many images, call this on batches.
-Namespaces whose arrays cannot be written in place (JAX) assemble P from
-rows of tiles with ``concat`` instead: their peak is twice P plus one tile.
-
-Every tile is one ``predict_proba`` call: the namespace's method choice
-(``method=``) applies per tile, and each call checks its tile's values (one
-host synchronisation per tile).
+tile's probabilities are written into it. Namespaces whose arrays cannot be
+written in place (JAX) assemble P from rows of tiles with ``concat``
+instead: their peak is twice P plus one tile.
 """
 
 from __future__ import annotations
 
+import math
+
 from array_api_compat import is_writeable_array
 
+from . import core
+from ._arguments import check_int
 from ._backend import device
-from ._validation import check_call
-from .network import _check_options, predict_proba
-from .params import _positive_int
+from ._validation import check_call, check_options
 
-__all__ = ["DEFAULT_TILE_SIZE", "predict_proba_tiled", "tile_grid"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "DEFAULT_TILE_SIZE", "plan_tiles",
+           "predict_proba_tiled", "tile_grid", "working_bytes"]
 
-#: Tile side used by ``tile_size=None``: 512 x 512 pixels. Images of at most
-#: this size in both directions are predicted in one call.
+#: Tile side of :func:`tile_grid` when no size is given: 512 x 512 pixels.
 DEFAULT_TILE_SIZE = 512
+
+#: Working memory (bytes) one forward pass may hold beside its input and
+#: output before ``tile_size=None`` cuts the image into tiles: 512 MiB.
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+
+#: Tiles planned from the budget are at least this many pixels on a side
+#: (smaller ones would spend more on the halo than on the tile).
+MIN_PLANNED_TILE = 64
 
 
 def _tile_shape(tile_size):
@@ -62,7 +81,7 @@ def _tile_shape(tile_size):
         raise ValueError(
             f"tile_size must be an int or a pair (height, width), got {tile_size!r}"
         )
-    return tuple(_positive_int("tile_size", t) for t in tile_size)
+    return tuple(check_int("tile_size", t, 1) for t in tile_size)
 
 
 def tile_grid(H, W, tile_size=None):
@@ -94,6 +113,76 @@ def tile_grid(H, W, tile_size=None):
             for r0 in range(0, H, th)]
 
 
+def working_bytes(path, N, C, H, W, k, n_c, s, itemsize):
+    """Bytes of intermediates one forward pass holds beside x and P.
+
+    Parameters
+    ----------
+    path : {"fused", "blocked", "direct", "fft"}
+        The implementation (:func:`arrseg.core.select_path`).
+    N, C, H, W : int
+        The images' shape.
+    k, n_c, s : int
+        Width, classes and kernel size of the model.
+    itemsize : int
+        Bytes per number of the compute dtype.
+
+    Returns
+    -------
+    int
+        0 for the fused kernels (they read x and write P, nothing else);
+        the bounded per-thread workspaces for the blocked NumPy path; for
+        the array-API paths the padded input, the pre-activations, the
+        features, the logits and P's temporaries, about
+        ``N H W (3 k + 2 n_c) + N C (H + s)(W + s)`` numbers (the FFT's
+        spectra are of the same order).
+
+    Examples
+    --------
+    >>> from arrseg.tiling import working_bytes
+    >>> working_bytes("fused", 1, 1, 8192, 8192, 16, 2, 5, 4)
+    0
+    >>> working_bytes("direct", 1, 1, 100, 100, 8, 2, 3, 8)
+    2324872
+    """
+    if path == "fused":
+        return 0
+    if path == "blocked":
+        from .cpu import blocked
+        from .cpu.threads import num_threads
+
+        return num_threads() * blocked.workspace_bytes(C, H, W, k, n_c, s, itemsize,
+                                                        train=False)
+    per_pixel = 3 * k + 2 * n_c
+    return itemsize * (N * H * W * per_pixel + N * C * (H + s) * (W + s))
+
+
+def plan_tiles(path, N, C, H, W, k, n_c, s, itemsize, memory_budget=None):
+    """Tile shape (th, tw) for ``tile_size=None``: the whole image when its
+    working memory fits ``memory_budget``, else the largest square tiles
+    (sides a multiple of 16, at least :data:`MIN_PLANNED_TILE`) whose haloed
+    working memory fits.
+
+    Examples
+    --------
+    >>> from arrseg.tiling import plan_tiles
+    >>> plan_tiles("fused", 1, 1, 8192, 8192, 16, 2, 5, 4)
+    (8192, 8192)
+    >>> plan_tiles("direct", 1, 3, 4096, 4096, 32, 4, 3, 4, memory_budget=2**26)
+    (384, 384)
+    """
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    if working_bytes(path, N, C, H, W, k, n_c, s, itemsize) <= budget:
+        return H, W
+    # the working memory of a t x t tile with its halo is about
+    # itemsize N (t + 2p)^2 (3k + 2n_c + C): solve for t
+    p = s // 2
+    per_pixel = itemsize * N * (3 * k + 2 * n_c + C)
+    side = int(math.isqrt(max(budget // max(per_pixel, 1), 1))) - 2 * p
+    side = max(MIN_PLANNED_TILE, side // 16 * 16)
+    return min(side, H), min(side, W)
+
+
 def _haloed_tile(x, r0, r1, c0, c1, p, boundary, xp):
     """x's pixels around one tile: (N, C, <= r1 - r0 + 2p, <= c1 - c0 + 2p).
 
@@ -101,24 +190,25 @@ def _haloed_tile(x, r0, r1, c0, c1, p, boundary, xp):
     """
     H, W = x.shape[-2], x.shape[-1]
     if boundary == "periodic":
+        # indices modulo the size, made on the device (no host transfer)
         dev = device(x)
-        rows = xp.asarray([i % H for i in range(r0 - p, r1 + p)], device=dev)
-        cols = xp.asarray([j % W for j in range(c0 - p, c1 + p)], device=dev)
+        rows = xp.arange(r0 - p, r1 + p, device=dev) % H
+        cols = xp.arange(c0 - p, c1 + p, device=dev) % W
         return xp.take(xp.take(x, rows, axis=2), cols, axis=3), p, p
-    # zeros: clip the halo at the image edge, where the zero padding of
-    # predict_proba(boundary="zeros") is the image's own boundary
+    # zeros: clip the halo at the image edge, where the zero padding of the
+    # forward pass is the image's own boundary
     lo_r, lo_c = max(r0 - p, 0), max(c0 - p, 0)
     return x[:, :, lo_r : min(r1 + p, H), lo_c : min(c1 + p, W)], r0 - lo_r, c0 - lo_c
 
 
 def predict_proba_tiled(x, params, *, tile_size=None, activation="tanh",
-                        boundary="zeros", method="auto"):
+                        boundary="zeros", method="auto", memory_budget=None):
     """:func:`arrseg.predict_proba` computed tile by tile, in bounded memory.
 
     The result equals ``predict_proba(x, params, ...)`` up to floating-point
     round-off, for either boundary condition; see the module docstring for
     how the halo of p = s // 2 pixels around each tile is filled, and for
-    the memory bound.
+    when an image is tiled at all.
 
     Parameters
     ----------
@@ -126,15 +216,19 @@ def predict_proba_tiled(x, params, *, tile_size=None, activation="tanh",
         Images, in any array API namespace.
     params : Params
     tile_size : int or (int, int), optional
-        Tile height and width in pixels, >= 1; default
-        :data:`DEFAULT_TILE_SIZE` (512). When one tile covers the image, this
-        is one ``predict_proba`` call. Smaller tiles use less memory but
-        recompute more halo: the overhead is about ``(1 + 2p / th)(1 + 2p / tw)``.
+        Tile height and width in pixels, >= 1. Default: tiles only where
+        the working memory of one pass would exceed ``memory_budget``
+        (:func:`plan_tiles`; on CuPy and NumPy, never). Smaller tiles use
+        less memory but recompute more halo: the overhead is about
+        ``(1 + 2p / th)(1 + 2p / tw)``.
     activation : {"tanh", "relu", "sigmoid", "identity"}, default "tanh"
     boundary : {"zeros", "periodic"}, default "zeros"
     method : str, default "auto"
-        A method of :func:`arrseg.predict_proba`, passed to it for every
-        tile (``"auto"`` chooses per tile, by the tile's size).
+        A method of :func:`arrseg.predict_proba`, used for every tile
+        (``"auto"`` chooses per tile, by the tile's size).
+    memory_budget : int, optional
+        Bytes of working memory per pass for ``tile_size=None``; default
+        :data:`DEFAULT_MEMORY_BUDGET` (512 MiB).
 
     Returns
     -------
@@ -147,7 +241,8 @@ def predict_proba_tiled(x, params, *, tile_size=None, activation="tanh",
     ValueError, TypeError
         As :func:`arrseg.predict_proba` for x and params (checked once, on
         the whole image, so messages give x's own shape); for a
-        ``tile_size`` that is not a positive integer or a pair of them.
+        ``tile_size`` or ``memory_budget`` that is not a positive integer
+        (or a pair of them).
 
     Examples
     --------
@@ -162,27 +257,55 @@ def predict_proba_tiled(x, params, *, tile_size=None, activation="tanh",
     ...                  atol=1e-6))
     True
     """
-    _check_options(activation, boundary, method)
-    _tile_shape(tile_size)  # checks tile_size before any work
+    options = check_options(activation, boundary, method)
+    tile_shape = None if tile_size is None else _tile_shape(tile_size)
+    check_int("memory_budget", memory_budget, 1, allow_none=True)
     a = check_call(x, params)
-    xp, x = a.xp, a.x
-    N, _, H, W = x.shape
-    grid = tile_grid(H, W, tile_size)
-    options = {"activation": activation, "method": method}
-    if len(grid) == 1 and len(grid[0]) == 1:
-        P = predict_proba(x, a.params, boundary=boundary, **options)
-        return P if P.dtype == a.out_dtype else xp.astype(P, a.out_dtype)
+    return proba_tiled(a.x, a.params, options, a.xp, tile_shape=tile_shape,
+                       out_dtype=a.out_dtype, memory_budget=memory_budget)
 
-    p = a.params.kernel_size // 2
+
+def proba_tiled(x, params, options, xp, *, tile_shape=None, out_dtype=None,
+                memory_budget=None):
+    """The tiled forward pass on checked arguments (no checks, no host sync).
+
+    Parameters
+    ----------
+    x : array (N, C, H, W), the compute dtype
+    params : Params, in x's dtype
+    options : arrseg.core.Options
+    xp : namespace
+    tile_shape : (int, int), optional
+        Checked tile shape; None plans the tiles from ``memory_budget``.
+    out_dtype : dtype, optional
+        dtype of P (default x's).
+    memory_budget : int, optional
+
+    Returns
+    -------
+    P : array (N, n_c, H, W)
+    """
+    N, C, H, W = (int(v) for v in x.shape)
+    k, n_c, s = params.width, params.n_classes, params.kernel_size
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    if tile_shape is None:
+        path = core.select_path(options.method, xp, (N, C, H, W), tuple(params.K.shape),
+                                n_c, x.dtype, "predict")
+        itemsize = 8 if x.dtype == xp.float64 else 4
+        tile_shape = plan_tiles(path, N, C, H, W, k, n_c, s, itemsize, memory_budget)
+    grid = tile_grid(H, W, tile_shape)
+    if len(grid) == 1 and len(grid[0]) == 1:
+        return core.forward(x, params, options, xp, out_dtype=out_dtype)
+
+    p = s // 2
+    inner = core.Options(options.activation, "zeros", options.method)
 
     def tile_proba(r0, r1, c0, c1):
-        Y, dr, dc = _haloed_tile(x, r0, r1, c0, c1, p, boundary, xp)
-        T = predict_proba(Y, a.params, boundary="zeros", **options)
-        T = T[:, :, dr : dr + r1 - r0, dc : dc + c1 - c0]
-        return T if T.dtype == a.out_dtype else xp.astype(T, a.out_dtype)
+        Y, dr, dc = _haloed_tile(x, r0, r1, c0, c1, p, options.boundary, xp)
+        T = core.forward(Y, params, inner, xp, out_dtype=out_dtype)
+        return T[:, :, dr : dr + r1 - r0, dc : dc + c1 - c0]
 
-    n_c = a.params.n_classes
-    P = xp.empty((N, n_c, H, W), dtype=a.out_dtype, device=device(x))
+    P = xp.empty((N, n_c, H, W), dtype=out_dtype, device=device(x))
     if is_writeable_array(P):
         for row in grid:
             for r0, r1, c0, c1 in row:

@@ -375,3 +375,32 @@ def test_non_finite_loss_stops_training_and_names_the_iteration():
     assert model.params_ is err.params
     assert model.predict(x).shape == (2, 16, 16)
     assert isinstance(err, FloatingPointError)
+
+
+# --- the flat form used by the Segmenter's training loop ------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda: arrseg.optim.SGD(0.3, momentum=0.0),
+    lambda: arrseg.optim.SGD(0.3, momentum=0.9),
+    lambda: arrseg.optim.SGD(0.3, momentum=0.9, nesterov=True),
+    lambda: arrseg.optim.Adam(0.05),
+], ids=["sgd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_flat_step_equals_the_step_on_params(xp, make, bias):
+    from arrseg.optim.flat import flatten, layout_of, unflatten
+
+    x, y = arrseg.data.make_shapes(n_images=2, size=12, seed=0, xp=xp)
+    params = arrseg.init_params(3, 4, 3, seed=1, dtype="float64", bias=bias, xp=xp)
+    tree_opt, flat_opt = make(), make()
+    layout = layout_of(params)
+    theta = flatten(params, xp)
+    assert layout.size == theta.shape[0]
+    for _ in range(4):
+        _, grads = arrseg.loss_and_grad(x, y, params)
+        params = tree_opt.step(params, grads)
+        theta = flat_opt.flat_step(theta, flatten(grads, xp))
+    for a, b in zip(params, unflatten(theta, layout, xp)):
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_allclose(to_numpy(b), to_numpy(a), rtol=1e-13, atol=1e-15)

@@ -104,37 +104,74 @@ def test_assembly_by_concat_for_immutable_arrays(xp, rng, monkeypatch, boundary)
     assert_close(P, to_numpy(want), xp=xp, dtype="float64", **tolerance("float64"))
 
 
+def recording_core(monkeypatch):
+    """Record the core forward passes and the value checks of the calls."""
+    from arrseg import _validation, core
+
+    forwards, checks = [], []
+    forward, check_values = core.forward, _validation.check_values
+
+    def recording_forward(x, params, options, xp, **kwargs):
+        forwards.append((tuple(x.shape), options))
+        return forward(x, params, options, xp, **kwargs)
+
+    def recording_check(*args):
+        checks.append(tuple(args[0].shape))
+        return check_values(*args)
+
+    monkeypatch.setattr(core, "forward", recording_forward)
+    monkeypatch.setattr(_validation, "check_values", recording_check)
+    return forwards, checks
+
+
 @pytest.mark.parametrize("boundary", BOUNDARIES)
-def test_each_call_sees_at_most_one_haloed_tile(rng, monkeypatch, boundary):
-    shapes = []
-
-    def recording(x, params, **kwargs):
-        shapes.append(tuple(x.shape))
-        assert kwargs == {"boundary": "zeros", "activation": "sigmoid",
-                          "method": "direct"}   # the halo carries the boundary
-        return arrseg.predict_proba(x, params, **kwargs)
-
-    monkeypatch.setattr(tiling, "predict_proba", recording)
+def test_each_pass_sees_at_most_one_haloed_tile(rng, monkeypatch, boundary):
+    forwards, checks = recording_core(monkeypatch)
     x, p = problem(xnp, rng, H=20, W=30, s=5)
     predict_proba_tiled(x, p, tile_size=(6, 8), boundary=boundary,
                         activation="sigmoid", method="direct")
-    assert len(shapes) == 4 * 4
-    assert max(h for _, _, h, _ in shapes) <= 6 + 4
-    assert max(w for _, _, _, w in shapes) <= 8 + 4
+    assert len(forwards) == 4 * 4
+    # the halo carries the boundary: every tile is evaluated with zeros
+    assert {o for _, o in forwards} == {arrseg.core.Options("sigmoid", "zeros",
+                                                            "direct")}
+    assert max(s[2] for s, _ in forwards) <= 6 + 4
+    assert max(s[3] for s, _ in forwards) <= 8 + 4
+    # validated once per call, on the whole image, not once per tile
+    assert checks == [(2, 2, 20, 30)]
 
 
 def test_one_tile_is_one_plain_call(rng, monkeypatch):
-    calls = []
-
-    def recording(x, params, **kwargs):
-        calls.append(kwargs["boundary"])
-        return arrseg.predict_proba(x, params, **kwargs)
-
-    monkeypatch.setattr(tiling, "predict_proba", recording)
+    forwards, checks = recording_core(monkeypatch)
     x, p = problem(xnp, rng, H=7, W=10)
-    P = predict_proba_tiled(x, p, boundary="periodic")     # default 512 x 512
-    assert calls == ["periodic"]
+    P = predict_proba_tiled(x, p, boundary="periodic")     # planned: one tile
+    assert [o.boundary for _, o in forwards] == ["periodic"]
+    assert checks == [(2, 2, 7, 10)]
     np.testing.assert_array_equal(P, arrseg.predict_proba(x, p, boundary="periodic"))
+
+
+@pytest.mark.parametrize("path, tiled", [("blocked", False), ("fused", False),
+                                         ("direct", True), ("fft", True)])
+def test_tiles_are_planned_from_the_memory_budget(path, tiled):
+    # 4096^2, k = 32: the array-API paths hold ~4 GiB of intermediates and
+    # are tiled within the budget; the fused and blocked paths hold none
+    # that grow with the image and run as one pass
+    N, C, H, W, k, n_c, s, itemsize = 1, 3, 4096, 4096, 32, 4, 3, 4
+    th, tw = tiling.plan_tiles(path, N, C, H, W, k, n_c, s, itemsize)
+    assert ((th, tw) != (H, W)) == tiled
+    if tiled:
+        haloed = tiling.working_bytes(path, N, C, th + 2, tw + 2, k, n_c, s, itemsize)
+        assert haloed <= tiling.DEFAULT_MEMORY_BUDGET
+        assert th >= tiling.MIN_PLANNED_TILE and th % 16 == 0
+    small = tiling.plan_tiles(path, N, C, H, W, k, n_c, s, itemsize,
+                              memory_budget=2**20)
+    assert small[0] < H or path in ("fused",)
+
+
+def test_budget_tiles_equal_untiled(xp, rng):
+    x, p = problem(xp, rng, H=150, W=140, s=5)
+    P = predict_proba_tiled(x, p, memory_budget=2**16, method="direct")
+    want = arrseg.predict_proba(x, p, method="direct")
+    assert_close(P, to_numpy(want), xp=xp, dtype="float64", **tolerance("float64"))
 
 
 def test_tile_grid():

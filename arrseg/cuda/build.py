@@ -5,8 +5,10 @@
 keep compiler messages pointing at the real files), so that the text alone
 compiles and CuPy's on-disk cache, keyed by the text and the options, sees a
 header change. :class:`CupyKernels` compiles it with ``cupy.RawModule``
-(NVRTC) once per device and :class:`~arrseg.cuda.limits.KernelConfig`, and
-hands out the kernels. CuPy is imported when a kernel is first requested,
+(NVRTC) once per device and configuration (a
+:class:`~arrseg.cuda.limits.KernelConfig`, or a
+:class:`~arrseg.cuda.checks.CheckConfig` for ``check_values.cu``), and hands
+out the kernels. CuPy is imported when a kernel is first requested,
 never at import.
 """
 
@@ -30,6 +32,7 @@ SOURCE_DIR = pathlib.Path(__file__).resolve().parent
 KERNEL_FILES = {
     "fused_forward.cu": ("arrseg_fused_forward",),
     "fused_backward.cu": ("arrseg_fused_backward", "arrseg_reduce_partials"),
+    "check_values.cu": ("arrseg_check_values",),
 }
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')

@@ -166,7 +166,7 @@ def _int64_or_unmatched(ignore_index):
 
 
 def fused_loss_and_grad(x, labels, params, activation, boundary, class_weight,
-                        ignore_index, *, kernels=None):
+                        ignore_index, *, kernels=None, flat=False):
     """Weighted mean cross-entropy and its gradient: two kernel launches.
 
     The backward kernel writes one row of sums per block to a workspace of
@@ -186,11 +186,15 @@ def fused_loss_and_grad(x, labels, params, activation, boundary, class_weight,
     ignore_index : int
     kernels : object, optional
         Where the kernels come from (see the module docstring).
+    flat : bool, default False
+        Return the gradient as the one flat vector [dK, db, dW, dc] of
+        :mod:`arrseg.optim.flat` (a view of the reduced buffer) instead of
+        the tuple of views.
 
     Returns
     -------
     loss : 0-d array
-    grads : tuple (dK, db, dW, dc)
+    grads : tuple (dK, db, dW, dc), or 1-D array with ``flat=True``
         dc is None when params.c is None. The arrays are views of one
         buffer of length L.
     """
@@ -222,6 +226,8 @@ def fused_loss_and_grad(x, labels, params, activation, boundary, class_weight,
     o_dw = o_db + k
     o_dc = o_dw + k * n_c
     loss = xp.reshape(out[0:1], ())
+    if flat:
+        return loss, out[o_dk:o_dc + (n_c if config.has_c else 0)]
     dK = xp.reshape(out[o_dk:o_db], (k, C, s, s))
     db = out[o_db:o_dw]
     dW = xp.reshape(out[o_dw:o_dc], (k, n_c))

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from array_api_compat import device
 
+from .operators import adjoint_of, theta_jvp_of
+
 __all__ = [
     "BOUNDARIES",
     "pad",
@@ -73,9 +75,10 @@ def pad(Y, p, boundary, xp):
         Y = xp.concat([rows, Y, rows], axis=-2)
         cols = xp.zeros(lead + (H + 2 * p, p), dtype=Y.dtype, device=device(Y))
         return xp.concat([cols, Y, cols], axis=-1)
-    # periodic: gather with indices taken modulo the size
-    ih = xp.asarray([(i - p) % H for i in range(H + 2 * p)], device=device(Y))
-    iw = xp.asarray([(i - p) % W for i in range(W + 2 * p)], device=device(Y))
+    # periodic: gather with indices taken modulo the size, made on the
+    # device (no host-to-device copy)
+    ih = xp.arange(-p, H + p, device=device(Y)) % H
+    iw = xp.arange(-p, W + p, device=device(Y)) % W
     Y = xp.take(Y, ih, axis=Y.ndim - 2)
     return xp.take(Y, iw, axis=Y.ndim - 1)
 
@@ -115,49 +118,6 @@ def conv2d(Y, theta, boundary, xp):
     return xp.reshape(Z, (N, k, H, W))
 
 
-def conv2d_adjoint(Z, theta, boundary, xp):
-    """Adjoint product K(theta)^T Z.
-
-    For odd s and symmetric padding, the transpose of a cross-correlation is
-    the cross-correlation with the kernel flipped in space and with input and
-    output channels exchanged; under either boundary condition the halo
-    handling is the same as the forward's.
-
-    Parameters
-    ----------
-    Z : array, shape (N, k, H, W)
-    theta : array, shape (k, C, s, s)
-    boundary : {"zeros", "periodic"}
-    xp : namespace
-
-    Returns
-    -------
-    array, shape (N, C, H, W)
-    """
-    theta_t = xp.permute_dims(xp.flip(theta, axis=(2, 3)), (1, 0, 2, 3))
-    return conv2d(Z, theta_t, boundary, xp)
-
-
-def conv2d_theta_jvp(Y, v, boundary, xp):
-    """Jacobian-vector product in theta: J_theta(Y) v.
-
-    K(theta) Y is linear in theta, so its Jacobian applied to a direction v
-    (shape of theta) is the forward product with theta replaced by v.
-
-    Parameters
-    ----------
-    Y : array, shape (N, C, H, W)
-    v : array, shape (k, C, s, s)
-    boundary : {"zeros", "periodic"}
-    xp : namespace
-
-    Returns
-    -------
-    array, shape (N, k, H, W)
-    """
-    return conv2d(Y, v, boundary, xp)
-
-
 def conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp):
     """Transposed Jacobian product in theta: J_theta(Y)^T Z.
 
@@ -191,3 +151,8 @@ def conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp):
     # (s*s, k, C) -> (k, C, s, s)
     dtheta = xp.reshape(xp.stack(blocks, axis=0), (s, s, k, C))
     return xp.permute_dims(dtheta, (2, 3, 0, 1))
+
+
+# the derived products (arrseg.numerics.operators): defined once, from conv2d
+conv2d_adjoint = adjoint_of(conv2d, "direct")
+conv2d_theta_jvp = theta_jvp_of(conv2d, "direct")

@@ -81,6 +81,7 @@ import math
 from array_api_compat import device
 
 from .convolution import BOUNDARIES
+from .operators import adjoint_of, theta_jvp_of
 
 __all__ = [
     "BOUNDARIES",
@@ -278,47 +279,6 @@ def conv2d(Y, theta, boundary, xp):
     return Z[:, :, :H, :W] if (Fh, Fw) != (H, W) else Z
 
 
-def conv2d_adjoint(Z, theta, boundary, xp):
-    """Adjoint product K(theta)^T Z, by FFT.
-
-    As in the direct method, the transpose of a cross-correlation is the
-    cross-correlation with the kernel flipped in space and the channels
-    exchanged; on the DFT grid, the flip conjugates the kernel's spectrum.
-
-    Parameters
-    ----------
-    Z : array, shape (N, k, H, W)
-    theta : array, shape (k, C, s, s)
-    boundary : {"zeros", "periodic"}
-    xp : namespace
-        With the array API ``fft`` extension.
-
-    Returns
-    -------
-    array, shape (N, C, H, W), Z's dtype
-    """
-    theta_t = xp.permute_dims(xp.flip(theta, axis=(2, 3)), (1, 0, 2, 3))
-    return conv2d(Z, theta_t, boundary, xp)
-
-
-def conv2d_theta_jvp(Y, v, boundary, xp):
-    """Jacobian-vector product in theta, J_theta(Y) v = K(v) Y, by FFT.
-
-    Parameters
-    ----------
-    Y : array, shape (N, C, H, W)
-    v : array, shape (k, C, s, s)
-    boundary : {"zeros", "periodic"}
-    xp : namespace
-        With the array API ``fft`` extension.
-
-    Returns
-    -------
-    array, shape (N, k, H, W)
-    """
-    return conv2d(Y, v, boundary, xp)
-
-
 def conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp):
     """Transposed Jacobian product in theta, J_theta(Y)^T Z, by FFT.
 
@@ -356,7 +316,12 @@ def conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp):
     G_hat = xp.conj(xp.matmul(xp.permute_dims(Z_hat, (2, 3, 1, 0)),
                               xp.conj(xp.permute_dims(Y_hat, (2, 3, 0, 1)))))
     G = _real(G_hat, Fh, Fw, (0, 1), Y.dtype, xp)           # (Fh, Fw, k, C)
-    lags_h = xp.asarray([(a - p) % Fh for a in range(s)], device=device(Y))
-    lags_w = xp.asarray([(b - p) % Fw for b in range(s)], device=device(Y))
+    lags_h = xp.arange(-p, s - p, device=device(Y)) % Fh
+    lags_w = xp.arange(-p, s - p, device=device(Y)) % Fw
     dtheta = xp.take(xp.take(G, lags_h, axis=0), lags_w, axis=1)  # (s, s, k, C)
     return xp.permute_dims(dtheta, (2, 3, 0, 1))
+
+
+# the derived products (arrseg.numerics.operators): defined once, from conv2d
+conv2d_adjoint = adjoint_of(conv2d, "FFT")
+conv2d_theta_jvp = theta_jvp_of(conv2d, "FFT")

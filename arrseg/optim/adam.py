@@ -16,6 +16,7 @@ import math
 from array_api_compat import array_namespace
 
 from .base import Optimizer, tree_map
+from .flat import elementwise, scalars
 
 __all__ = ["Adam"]
 
@@ -76,6 +77,17 @@ class Adam(Optimizer):
 
         return tree_map(update, params, self.m, self.v)
 
+    def _flat_update(self, theta, g, decay, xp):
+        if self.m is None:
+            self.m, self.v = xp.zeros_like(theta), xp.zeros_like(theta)
+        t, b1, b2 = self.n_steps, self.beta1, self.beta2
+        step = self.learning_rate * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        eps = self.eps * math.sqrt(1 - b2 ** t)
+        rule = elementwise(_adam_rule, xp)
+        theta, self.m, self.v = rule(theta, g, decay, self.m, self.v,
+                                     *scalars(xp, theta.dtype, b1, b2, step, eps))
+        return theta
+
     def reset(self):
         super().reset()
         self.m = self.v = None
@@ -83,3 +95,17 @@ class Adam(Optimizer):
     def _hyper_parameters(self):
         return {"learning_rate": self.learning_rate, "beta1": self.beta1,
                 "beta2": self.beta2, "eps": self.eps}
+
+
+def _adam_rule(ns):
+    """Adam's update of (theta, m, v) from g, for :func:`~arrseg.optim.flat.elementwise`
+    (with m = v = 0 before the first step, the first update is (1 - b1) g and
+    (1 - b2) g^2, as in :meth:`Adam.step`)."""
+
+    def rule(p, g, d, m, v, b1, b2, step, eps):
+        g = g + d * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * (g * g)
+        return p - step * m / (ns.sqrt(v) + eps), m, v
+
+    return rule

@@ -17,6 +17,7 @@ from array_api_compat import array_namespace
 
 from .._backend import to_numpy
 from ..params import Params
+from .flat import scalars
 
 __all__ = [
     "NonFiniteLossError",
@@ -146,6 +147,36 @@ class Optimizer:
         Params
             New arrays; ``params`` and ``grads`` are not modified.
         """
+        raise NotImplementedError
+
+    def flat_step(self, theta, g, decay=0.0):
+        """One step on a flat parameter vector (:mod:`arrseg.optim.flat`).
+
+        The same update as :meth:`step` with the gradient ``g + decay *
+        theta``, as one elementwise pass over theta (one kernel on CuPy); the
+        state (momentum, moments) is kept flat. Use one of the two forms per
+        optimizer object.
+
+        Parameters
+        ----------
+        theta, g : 1-D arrays of one length
+        decay : 1-D array or float, default 0
+            Weight decay per entry (:func:`~arrseg.optim.flat.decay_vector`),
+            added to the gradient inside the same pass.
+
+        Returns
+        -------
+        1-D array
+            New parameters; theta and g are not modified.
+        """
+        xp = array_namespace(theta)
+        self.n_steps += 1
+        if isinstance(decay, (int, float)):
+            decay = scalars(xp, theta.dtype, decay)[0]
+        return self._flat_update(theta, g, decay, xp)
+
+    def _flat_update(self, theta, g, decay, xp):
+        """The update of :meth:`flat_step`, after its step count (subclasses)."""
         raise NotImplementedError
 
     def reset(self):

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import math
 
+from array_api_compat import array_namespace
+
 from .base import Optimizer, tree_map
+from .flat import elementwise, scalars
 
 __all__ = ["SGD"]
 
@@ -70,6 +73,16 @@ class SGD(Optimizer):
                             params, grads, self.velocity)
         return tree_map(lambda p, v: p - lr * v, params, self.velocity)
 
+    def _flat_update(self, theta, g, decay, xp):
+        lr, mu = scalars(xp, theta.dtype, self.learning_rate, self.momentum)
+        if self.momentum == 0:
+            return elementwise(_plain_rule, xp)(theta, g, decay, lr)
+        if self.velocity is None:
+            self.velocity = xp.zeros_like(theta)
+        rule = elementwise(_nesterov_rule if self.nesterov else _momentum_rule, xp)
+        theta, self.velocity = rule(theta, g, decay, self.velocity, lr, mu)
+        return theta
+
     def reset(self):
         super().reset()
         self.velocity = None
@@ -77,3 +90,31 @@ class SGD(Optimizer):
     def _hyper_parameters(self):
         return {"learning_rate": self.learning_rate, "momentum": self.momentum,
                 "nesterov": self.nesterov}
+
+
+# the update rules of flat_step, for arrseg.optim.flat.elementwise (with the
+# velocity 0 before the first step, mu * 0 + g is g, as in SGD.step)
+
+def _plain_rule(ns):
+    def rule(p, g, d, lr):
+        return p - lr * (g + d * p)
+
+    return rule
+
+
+def _momentum_rule(ns):
+    def rule(p, g, d, v, lr, mu):
+        g = g + d * p
+        v = mu * v + g
+        return p - lr * v, v
+
+    return rule
+
+
+def _nesterov_rule(ns):
+    def rule(p, g, d, v, lr, mu):
+        g = g + d * p
+        v = mu * v + g
+        return p - lr * (g + mu * v), v
+
+    return rule

@@ -36,12 +36,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from array_api_compat import array_namespace, is_numpy_namespace
+from array_api_compat import array_namespace
 
+from .. import core
 from .._backend import to_numpy
-from .._validation import check_call
-from ..network import DEFAULT_IGNORE_INDEX, loss_and_grad
-from ..numerics.forward_backward import features
+from .._validation import check_call, check_options
+from ..network import DEFAULT_IGNORE_INDEX
 from ..params import Params
 from .base import (
     NonFiniteLossError,
@@ -151,8 +151,10 @@ class VarPro:
             raise ValueError(f"x and labels must have the same number of groups, "
                              f"got {len(xs)} and {len(ys)}")
         self._groups = []
+        self._options = check_options(self.activation, self.boundary, self.method)
         n_c = params.n_classes
         for xg, yg in zip(xs, ys):
+            # the data's one check; every evaluation then runs the core
             a = check_call(xg, params, yg, self.class_weight, self.ignore_index)
             lab = to_numpy(a.labels).reshape(a.labels.shape[0], -1)
             cw = (np.ones(n_c) if a.class_weight is None
@@ -163,6 +165,7 @@ class VarPro:
             self._groups.append((a.x, a.labels, weight, index))
         self._class_weight = a.class_weight
         self._xp = a.xp
+        self._dtype = a.dtype
         self._total_weight = sum(g[2] for g in self._groups)
         self._n_classes = n_c
 
@@ -185,23 +188,9 @@ class VarPro:
                                  weight_decay=self.weight_decay, index=None)
 
     def _features(self, x, K, b, xp):
-        """Y1 (N, k, H*W) of the current convolution.
-
-        On NumPy with method "auto" or "direct", the blocked fast path
-        (:func:`arrseg.cpu.blocked.features`); otherwise the array-API
-        implementation with the direct or, for "fft" and for "auto" where the
-        namespace has an ``fft`` extension, the FFT convolution (several
-        times faster than the array-API direct one there).
-        """
-        if is_numpy_namespace(xp) and self.method in ("auto", "direct"):
-            from ..cpu import blocked
-
-            return blocked.features(x, K, b, self.activation, self.boundary)
-        if self.method == "fft" or (self.method == "auto" and hasattr(xp, "fft")):
-            from ..numerics import fft_convolution as conv
-        else:
-            from ..numerics import convolution as conv
-        return features(x, K, b, self.activation, self.boundary, xp, conv=conv)
+        """Y1 (N, k, H*W) of the current convolution, on the path the one
+        dispatcher picks (:func:`arrseg.core.features`)."""
+        return core.features(x, K, b, self._options, xp)
 
     def _outer_regularization(self, K):
         xp = array_namespace(K)
@@ -225,7 +214,7 @@ class VarPro:
         """
         tol = self.inner_tol
         if tol is None:
-            tol = math.sqrt(float(np.finfo(to_numpy(K[:1, :1, :1, :1]).dtype).eps))
+            tol = math.sqrt(float(array_namespace(K).finfo(K.dtype).eps))
         if self.params is not None and self.inner_rtol > 0:
             tol = max(tol, self.inner_rtol * self.grad_norm)
         res = self._inner_problem(K, b).solve(
@@ -239,14 +228,11 @@ class VarPro:
         of the regularised loss in (K, b), as ``Params(dK, db, None, None)``."""
         dK = db = None
         for x, lab, weight, _ in self._groups:
-            _, g = loss_and_grad(x, lab, params, activation=self.activation,
-                                 boundary=self.boundary,
-                                 class_weight=self._class_weight,
-                                 ignore_index=self.ignore_index,
-                                 method=self.method)
+            _, g = core.loss_and_grad(x, lab, params, self._options, self._class_weight,
+                                      self.ignore_index, self._xp)
             share = weight / self._total_weight if self._total_weight else 0.0
-            dK = share * g.K if dK is None else dK + share * g.K
-            db = share * g.b if db is None else db + share * g.b
+            dK = share * g[0] if dK is None else dK + share * g[0]
+            db = share * g[1] if db is None else db + share * g[1]
         dK = dK + self._outer_regularization(params.K)[1]
         return Params(dK, db, None, None)
 
@@ -263,6 +249,9 @@ class VarPro:
         """Keep the data, solve the inner problem at params' (K, b) from
         params' (W, c); return ``(params with W*, c*, Phi)``."""
         self.set_data(x, labels, params)
+        if params.K.dtype != self._dtype:  # the core computes in the data's dtype
+            params = Params(*(None if v is None else self._xp.astype(v, self._dtype)
+                              for v in params))
         self.params = None  # the first inner solve uses inner_tol alone
         self.n_evaluations = 0
         self.n_iter = 0

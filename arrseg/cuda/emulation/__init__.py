@@ -18,7 +18,8 @@ An :class:`EmulatedKernel` checks what a GPU would not report clearly:
   value;
 - grid and block sizes are within CUDA's limits;
 - no kernel writes outside an array argument: each array is copied into a
-  buffer with guard bytes on both sides, checked after the launch.
+  buffer with guard bytes on both sides, checked after the launch (a read
+  of a guard byte gives NaN or -1, which shows in the results).
 
 Libraries are cached on disk (``cache_dir``, default ``$ARRSEG_EMULATOR_CACHE``
 or ``~/.cache/arrseg/emulator``) under a hash of the sources, options and
@@ -72,7 +73,10 @@ SANITIZER_FLAGS = {
 SANITIZER_RUNTIMES = {"address": "libasan.so", "thread": "libtsan.so"}
 #: Guard bytes around each array argument.
 GUARD = 64
-_GUARD_BYTE = 0xA5
+#: All bits set: a kernel reading a guard byte sees NaN (float32, float64) or
+#: -1 (int32, int64), values that the checks of check_values.cu refuse and
+#: that turn a result NaN, so a read past an array shows in the results.
+_GUARD_BYTE = 0xFF
 _SCALAR_TYPES = {"i": (np.int32, ctypes.c_int32), "q": (np.int64, ctypes.c_int64),
                  "f": (np.float32, ctypes.c_float), "d": (np.float64, ctypes.c_double)}
 

@@ -177,6 +177,14 @@ inline T atomicMax(T *address, T value)
     return old;
 }
 template <typename T>
+inline T atomicOr(T *address, T value)
+{
+    arrseg_emu::AtomicLock lock;
+    const T old = *address;
+    *address = old | value;
+    return old;
+}
+template <typename T>
 inline T atomicCAS(T *address, T compare, T value)
 {
     arrseg_emu::AtomicLock lock;

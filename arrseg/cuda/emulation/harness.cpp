@@ -1,5 +1,5 @@
-// harness.cpp -- the fused kernels, compiled by g++ on the CPU emulator into
-// a shared library that Python drives through ctypes
+// harness.cpp -- the kernels (fused network, value checks), compiled by g++
+// on the CPU emulator into a shared library that Python drives through ctypes
 // (arrseg.cuda.emulation.EmulatedKernels).
 //
 // Build (one library per kernel configuration; the -D options are the ones
@@ -24,6 +24,7 @@
 // found through -I (the kernels' directory), after this file's directory
 #include "fused_forward.cu"
 #include "fused_backward.cu"
+#include "check_values.cu"
 
 namespace {
 
@@ -81,6 +82,7 @@ bool with_kernel(const char *name, F &&f)
     ARRSEG_EMU_KERNEL(arrseg_fused_forward)
     ARRSEG_EMU_KERNEL(arrseg_fused_backward)
     ARRSEG_EMU_KERNEL(arrseg_reduce_partials)
+    ARRSEG_EMU_KERNEL(arrseg_check_values)
 #undef ARRSEG_EMU_KERNEL
     return false;
 }

@@ -1,0 +1,299 @@
+"""The Segmenter's training loops and what runs at the end of each iteration.
+
+First-order loop ("sgd", "adam"), per iteration (an epoch)::
+
+    steps_per_epoch x:  crops gathered on the device  (estimator.crops)
+                        loss, g = core.loss_and_grad          no check, no sync
+                        + regularisation, optimizer step      on the device, on
+                          theta, the parameters as one flat vector (optim.flat)
+    once:               sum of the steps' losses (+ 0 * max |params|, so an
+                        overflowed parameter shows as NaN): ONE read-back
+                        -> loss_curve_, the divergence check, the progress bar
+
+Nothing of the training data crosses to the host inside the loop, and the
+loss is read back once per iteration: on a GPU the host queues a whole
+epoch of steps without waiting for any. Only when that one number is not
+finite are the steps' losses read back, to name the step that diverged and
+keep the parameters before it (the error path may synchronise freely).
+
+With validation data, each iteration also reads back one small vector per
+validation image group (the loss's numerator and denominator and the
+confusion matrix, :func:`validation_scores`).
+
+VarPro ("varpro") is an L-BFGS iteration with a line search, decided on the
+host: it reads back the objective and inner products at each trial point
+(:class:`arrseg.optim.VarPro`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+
+from .. import core
+from .._backend import to_numpy
+from ..metrics import confusion_counts
+from ..optim.adam import Adam
+from ..optim.base import NonFiniteLossError
+from ..optim.flat import decay_vector, flatten, layout_of, unflatten
+from ..optim.regularization import smoothness as smoothness_term
+from ..optim.sgd import SGD
+from ..optim.varpro import VarPro
+from ..tiling import proba_tiled
+from .crops import CropSampler
+
+__all__ = ["Monitor", "Progress", "fit_first_order", "fit_varpro",
+           "mean_iou_of_confusion", "validation_scores"]
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total, stream=None, width=24):
+        self.total, self.width = total, width
+        self.stream = sys.stderr if stream is None else stream
+        self.start = time.perf_counter()
+
+    def update(self, it, loss, score=None):
+        done = int(self.width * it / self.total)
+        bar = "#" * done + "-" * (self.width - done)
+        extra = "" if score is None else f" val mIoU {score:.4f}"
+        self.stream.write(f"\rSegmenter.fit [{bar}] {it}/{self.total} loss {loss:.4g}"
+                          f"{extra} {time.perf_counter() - self.start:.1f}s")
+        self.stream.flush()
+
+    def close(self):
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+class Monitor:
+    """Convergence and early stopping: counts the iterations in which the
+    training objective (with early stopping: the validation loss) has not
+    fallen below its best value by more than tol; keeps the parameters (and
+    the validation score) of the best value."""
+
+    def __init__(self, settings, have_validation):
+        self.uses_validation = settings.early_stopping and have_validation
+        self.tol, self.patience = settings.tol, settings.n_iter_no_change
+        self.best = None
+        self.best_params = self.best_score = None
+        self.bad = 0
+
+    def update(self, loss, val_loss, score, params):
+        value = val_loss if self.uses_validation else loss
+        improved = self.best is None or value < self.best - self.tol
+        if self.best is None or value < self.best:
+            self.best, self.best_params, self.best_score = value, params, score
+        self.bad = 0 if improved else self.bad + 1
+        return self.bad >= self.patience
+
+
+class Validation:
+    """Validation images (normalised, on the device) and their int64 labels,
+    with what scoring them needs."""
+
+    def __init__(self, xs, ys, n_classes, ignore_index, class_weight, settings):
+        self.xs, self.ys = xs, ys
+        self.n_classes, self.ignore_index = n_classes, ignore_index
+        #: weights (n_c,) in the images' dtype on their device, or None
+        self.class_weight = class_weight
+        self.options = settings.options
+        self.tile_shape = (None if settings.tile_size is None
+                           else (settings.tile_size, settings.tile_size))
+        self.memory_budget = settings.memory_budget
+
+
+def mean_iou_of_confusion(M):
+    """Mean IoU over the classes present in either map, from a confusion
+    matrix (as :func:`arrseg.metrics.mean_iou`); NaN when none is."""
+    M = np.asarray(M, dtype=np.float64)
+    tp = np.diag(M)
+    union = M.sum(axis=0) + M.sum(axis=1) - tp
+    present = union > 0
+    if not present.any():
+        return float("nan")
+    return float(np.sum(tp[present] / union[present]) / np.count_nonzero(present))
+
+
+def validation_scores(val, params, xp):
+    """(loss, mean IoU) of the model on the validation pixels.
+
+    The loss is the weighted mean cross-entropy of :func:`arrseg.loss_and_grad`
+    (without regularisation), read off the predicted probabilities. Per
+    image group, the numerator, the denominator and the confusion matrix
+    are computed on the device; they are read back together, once.
+    """
+    n_c, ignore = val.n_classes, val.ignore_index
+    stats = []
+    for x, y in zip(val.xs, val.ys):
+        P = proba_tiled(x, params, val.options, xp, tile_shape=val.tile_shape,
+                        memory_budget=val.memory_budget)
+        classes = xp.arange(n_c, dtype=y.dtype, device=y.device)
+        onehot = xp.astype((y[:, None, ...] == classes[None, :, None, None])
+                           & (y != ignore)[:, None, ...], P.dtype)
+        if val.class_weight is not None:
+            onehot = onehot * val.class_weight[None, :, None, None]
+        tiny = xp.finfo(P.dtype).smallest_normal
+        num = xp.sum(onehot * -xp.log(xp.maximum(P, xp.full((), tiny, dtype=P.dtype,
+                                                             device=y.device))))
+        den = xp.sum(onehot)
+        pred = xp.reshape(xp.argmax(P, axis=1), (-1,))
+        M = confusion_counts(xp.reshape(y, (-1,)), xp.astype(pred, xp.int64), n_c,
+                             ignore, xp)
+        stats.append(xp.concat([xp.astype(xp.stack([num, den]), xp.float64),
+                                xp.astype(xp.reshape(M, (-1,)), xp.float64)]))
+    host = to_numpy(xp.stack(stats)).sum(axis=0)      # the one read-back
+    num, den = float(host[0]), float(host[1])
+    return (num / den if den > 0 else 0.0), mean_iou_of_confusion(
+        host[2:].reshape(n_c, n_c))
+
+
+def end_of_iteration(est, monitor, params, val, progress, it, xp):
+    """Record the validation scores, keep the best model; True to stop."""
+    score = val_loss = None
+    if val is not None:
+        val_loss, score = validation_scores(val, params, xp)
+        est.validation_loss_curve_.append(val_loss)
+        est.validation_scores_.append(score)
+    stop = monitor.update(est.loss_curve_[-1], val_loss, score, params)
+    if progress is not None:
+        progress.update(it, est.loss_curve_[-1], score)
+    return stop
+
+
+def _diverged(est, settings, what, it, step, value, params):
+    est.params_ = params
+    est.n_iter_ = it - 1
+    raise NonFiniteLossError(
+        f"Segmenter.fit: {what} at iteration {it} (optimizer step {step}) with "
+        f"optimizer={settings.optimizer!r}, learning_rate={settings.learning_rate:g}; "
+        "the model keeps the last parameters with a finite loss; try a smaller "
+        "learning_rate", iteration=it, loss=value, params=params)
+
+
+def _all_finite_host(theta):
+    return bool(np.all(np.isfinite(to_numpy(theta))))
+
+
+def _find_divergence(est, settings, it, first_step, losses, before, after, layout,
+                     decay, xp):
+    """The error path: read the steps' objectives back, name the first bad step."""
+    values = to_numpy(_stack(losses, xp)).astype(np.float64)
+    if decay is not None:
+        d = to_numpy(decay)
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = values + [0.5 * float(np.sum(d * to_numpy(t) ** 2)) for t in before]
+    for i, v in enumerate(values.tolist()):
+        if not math.isfinite(v):
+            _diverged(est, settings, f"the training loss is {v}", it, first_step + i,
+                      v, unflatten(before[i], layout, xp))
+        nxt = before[i + 1] if i + 1 < len(before) else after
+        if not _all_finite_host(nxt):
+            _diverged(est, settings, "the parameters overflowed in the update", it,
+                      first_step + i, v, unflatten(before[i], layout, xp))
+    raise AssertionError("a non-finite iteration total without a non-finite step")
+
+
+def _stack(losses, xp):
+    return xp.stack([xp.reshape(v, ()) for v in losses])
+
+
+def fit_first_order(est, xs, ys, host_labels, params, class_weight, settings, val,
+                    monitor, progress, rng, xp, dev):
+    """SGD or Adam on mini-batches; updates ``est``'s fitted attributes as it goes.
+
+    The parameters live in one flat vector theta (:mod:`arrseg.optim.flat`):
+    the fused kernels write the gradient in that layout, the weight decay is
+    one product with a fixed vector, and the optimizer's update is one
+    elementwise pass (one kernel on CuPy).
+
+    Parameters
+    ----------
+    est : Segmenter
+    xs, ys : lists of arrays
+        Normalised images (N, C, H, W) and int64 labels (N, H, W), on ``dev``.
+    host_labels : list of ndarrays
+        The labels on the host, for the crop plan.
+    params : Params
+        Initial parameters, on ``dev``.
+    class_weight : array (n_c,) or None
+        On ``dev``, in the images' dtype.
+    settings : FitSettings
+    val : Validation or None
+    monitor : Monitor
+    progress : Progress or None
+    rng : numpy.random.Generator
+    xp : namespace
+    dev : device
+    """
+    s = settings
+    opt = (SGD(s.learning_rate, s.momentum, nesterov=s.nesterov)
+           if s.optimizer == "sgd" else Adam(s.learning_rate))
+    sampler = CropSampler(xs, ys, host_labels, s, rng, xp, dev)
+    options, ignore = s.options, s.ignore_index
+    layout = layout_of(params)
+    theta = flatten(params, xp)
+    decay = (decay_vector(layout, s.weight_decay, theta.dtype, xp, dev)
+             if s.weight_decay > 0 else None)
+    step = 0
+    for it in range(1, s.max_iter + 1):
+        before, losses = [], []
+        # overflow is detected below, once per iteration, and reported
+        with np.errstate(over="ignore", invalid="ignore"):
+            for _ in range(sampler.steps_per_epoch):
+                xb, yb = sampler.batch()
+                current = unflatten(theta, layout, xp)
+                loss, g = core.loss_and_grad(xb, yb, current, options, class_weight,
+                                             ignore, xp, flat=True)
+                if s.smoothness > 0:
+                    value, dK = smoothness_term(current.K, s.smoothness)
+                    loss = loss + value
+                    g = g + xp.concat([xp.reshape(dK, (-1,)),
+                                       xp.zeros((layout.size - dK.size,), dtype=g.dtype,
+                                                device=dev)])
+                before.append(theta)
+                losses.append(loss)
+                # the weight decay's gradient, decay * theta, is added inside
+                # the update's one pass
+                theta = opt.flat_step(theta, g, 0.0 if decay is None else decay)
+            total = xp.sum(_stack(losses, xp))
+            if decay is not None:
+                # the weight decay's values at the steps' parameters, together:
+                # decay/2 . theta_t^2 for every step t
+                thetas = xp.stack(before)
+                total = total + 0.5 * xp.sum(decay * thetas * thetas)
+            # 0 * max |theta| is NaN when a parameter overflowed
+            total = total + 0 * xp.max(xp.abs(theta))
+            value = float(total)                       # the one read-back
+        if not math.isfinite(value):
+            _find_divergence(est, s, it, step + 1, losses, before, theta, layout, decay,
+                             xp)
+        step += len(losses)
+        params = unflatten(theta, layout, xp)
+        est.params_ = params
+        est.n_iter_ = it
+        est.loss_curve_.append(value / len(losses))
+        if end_of_iteration(est, monitor, params, val, progress, it, xp):
+            break
+
+
+def fit_varpro(est, xs, ys, params, class_weight, settings, val, monitor, progress,
+               xp):
+    """VarPro, full batch; updates ``est``'s fitted attributes as it goes."""
+    s = settings
+    vp = VarPro(activation=s.activation, boundary=s.boundary, method=s.method,
+                class_weight=class_weight, ignore_index=s.ignore_index,
+                weight_decay=s.weight_decay, smoothness=s.smoothness)
+    params, _ = vp.start(xs, ys, params)
+    est.params_ = params
+    for it in range(1, s.max_iter + 1):
+        params, loss = vp.step()
+        est.params_ = params
+        est.n_iter_ = it
+        est.loss_curve_.append(float(loss))
+        if end_of_iteration(est, monitor, params, val, progress, it, xp) or vp.stalled:
+            break
