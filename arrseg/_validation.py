@@ -25,6 +25,9 @@ from array_api_compat import is_cupy_namespace
 from ._arguments import check_choice
 from ._backend import device, float_name, namespace_of, to_numpy
 from .core import Options, fused_kernels
+from .methods import METHODS
+from .numerics.activations import ACTIVATIONS
+from .numerics.convolution import BOUNDARIES
 from .params import Params
 
 __all__ = ["CHECK_NAMES", "Checked", "check_call", "check_choice",
@@ -37,10 +40,6 @@ CHECK_NAMES = ("x", "params.K", "params.b", "params.W", "params.c", "labels",
 
 def check_options(activation, boundary, method):
     """The network's options, checked, as an :class:`arrseg.core.Options`."""
-    from .methods import METHODS
-    from .numerics.activations import ACTIVATIONS
-    from .numerics.convolution import BOUNDARIES
-
     check_choice("activation", activation, tuple(ACTIVATIONS))
     check_choice("boundary", boundary, BOUNDARIES)
     check_choice("method", method, METHODS)

@@ -47,7 +47,6 @@ import time
 import numpy as np
 from array_api_compat import array_namespace, is_array_api_obj
 
-from ._arguments import check_int
 from ._backend import device, image_float_dtype, to_numpy
 from ._validation import check_call
 from .estimator import inputs, persistence, training
@@ -55,6 +54,7 @@ from .estimator.settings import (
     DEFAULT_CROP_SIZE,
     DEFAULT_LEARNING_RATES,
     OPTIMIZERS,
+    check_predict_settings,
     check_settings,
 )
 from .network import DEFAULT_IGNORE_INDEX
@@ -498,20 +498,8 @@ class Segmenter:
 
     def _proba_groups(self, images, what):
         """P per image group: checked once per group, one forward pass per tile."""
-        from ._arguments import check_choice
-        from .methods import METHODS
-        from .network import ACTIVATION_NAMES, BOUNDARIES
-        from .core import Options
-
         self._check_fitted(what)
-        w = "Segmenter: "
-        options = Options(check_choice("activation", self.activation, ACTIVATION_NAMES,
-                                       where=w),
-                          check_choice("boundary", self.boundary, BOUNDARIES, where=w),
-                          check_choice("method", self.method, METHODS, where=w))
-        tile = check_int("tile_size", self.tile_size, 1, allow_none=True, where=w)
-        budget = check_int("memory_budget", self.memory_budget, 1, allow_none=True,
-                           where=w)
+        settings = check_predict_settings(self)
         groups, form = inputs.image_groups(images)
         out = []
         for g in groups:
@@ -529,9 +517,9 @@ class Segmenter:
                 dtype = params.K.dtype
             x = inputs.normalise(g, self.mean_, self.std_, dtype, xp)
             a = check_call(x, params)           # the call's one value check
-            out.append(proba_tiled(a.x, a.params, options, xp,
-                                   tile_shape=None if tile is None else (tile, tile),
-                                   out_dtype=a.out_dtype, memory_budget=budget))
+            out.append(proba_tiled(a.x, a.params, settings.options, xp,
+                                   tile_shape=settings.tile_shape, out_dtype=a.out_dtype,
+                                   memory_budget=settings.memory_budget))
         return out, form
 
     def predict_proba(self, images):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from array_api_compat import is_array_api_obj
@@ -23,7 +23,7 @@ from ..numerics.activations import ACTIVATIONS
 from ..numerics.convolution import BOUNDARIES
 
 __all__ = ["DEFAULT_CROP_SIZE", "DEFAULT_LEARNING_RATES", "OPTIMIZERS", "FitSettings",
-           "check_settings"]
+           "PredictSettings", "check_predict_settings", "check_settings"]
 
 #: Values accepted by ``optimizer=``.
 OPTIMIZERS = ("sgd", "adam", "varpro")
@@ -91,6 +91,41 @@ def _class_weight(cw):
     return arr
 
 
+class PredictSettings(NamedTuple):
+    """The hyper-parameters prediction reads, checked once per call."""
+
+    options: Options
+    #: (tile_size, tile_size), or None to plan tiles from the budget
+    tile_shape: Any
+    memory_budget: Any
+
+
+def _options(est):
+    w = _WHERE
+    return Options(check_choice("activation", est.activation, tuple(ACTIVATIONS), where=w),
+                   check_choice("boundary", est.boundary, BOUNDARIES, where=w),
+                   check_choice("method", est.method, METHODS, where=w))
+
+
+def _tiles(est):
+    tile = check_int("tile_size", est.tile_size, 1, allow_none=True, where=_WHERE)
+    budget = check_int("memory_budget", est.memory_budget, 1, allow_none=True,
+                       where=_WHERE)
+    return tile, budget
+
+
+def check_predict_settings(est):
+    """Check what prediction reads of the estimator ``est`` (the network's
+    options and the tiling); see :func:`check_settings` for ``fit``.
+
+    Returns
+    -------
+    PredictSettings
+    """
+    tile, budget = _tiles(est)
+    return PredictSettings(_options(est), None if tile is None else (tile, tile), budget)
+
+
 def check_settings(est):
     """Check the hyper-parameters of the estimator ``est``.
 
@@ -119,13 +154,14 @@ def check_settings(est):
         check_int("seed", est.seed, 0, where=w)
     if not isinstance(est.verbose, (bool, numbers.Integral)):
         raise TypeError(f"{w}verbose must be True or False, got {est.verbose!r}")
+    options = _options(est)
+    tile, budget = _tiles(est)
     return FitSettings(
         width=check_int("width", est.width, 1, where=w),
         kernel_size=s,
-        activation=check_choice("activation", est.activation, tuple(ACTIVATIONS),
-                                where=w),
-        boundary=check_choice("boundary", est.boundary, BOUNDARIES, where=w),
-        method=check_choice("method", est.method, METHODS, where=w),
+        activation=options.activation,
+        boundary=options.boundary,
+        method=options.method,
         optimizer=optimizer,
         learning_rate=DEFAULT_LEARNING_RATES.get(optimizer) if lr is None else lr,
         momentum=momentum,
@@ -144,9 +180,8 @@ def check_settings(est):
         n_iter_no_change=check_int("n_iter_no_change", est.n_iter_no_change, 1,
                                    where=w),
         tol=check_float("tol", est.tol, where=w),
-        tile_size=check_int("tile_size", est.tile_size, 1, allow_none=True, where=w),
-        memory_budget=check_int("memory_budget", est.memory_budget, 1,
-                                allow_none=True, where=w),
+        tile_size=tile,
+        memory_budget=budget,
         seed=est.seed,
         verbose=bool(est.verbose),
     )

@@ -260,12 +260,14 @@ def fit_first_order(est, xs, ys, host_labels, params, class_weight, settings, va
                 # the weight decay's gradient, decay * theta, is added inside
                 # the update's one pass
                 theta = opt.flat_step(theta, g, 0.0 if decay is None else decay)
-            total = xp.sum(_stack(losses, xp))
+            # the iteration's objective, summed in float64
+            total = xp.sum(xp.astype(_stack(losses, xp), xp.float64))
             if decay is not None:
                 # the weight decay's values at the steps' parameters, together:
                 # decay/2 . theta_t^2 for every step t
                 thetas = xp.stack(before)
-                total = total + 0.5 * xp.sum(decay * thetas * thetas)
+                total = total + 0.5 * xp.sum(xp.astype(decay * thetas * thetas,
+                                                       xp.float64))
             # 0 * max |theta| is NaN when a parameter overflowed
             total = total + 0 * xp.max(xp.abs(theta))
             value = float(total)                       # the one read-back
