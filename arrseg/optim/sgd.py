@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 
-from array_api_compat import array_namespace
-
 from .base import Optimizer, tree_map
 from .flat import elementwise, scalars
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 
-import arrseg
 from arrseg.segmenter import Segmenter
 
 from .common import AsvSettings
