@@ -16,6 +16,9 @@ predict_proba, loss_and_grad
 Segmenter
     The scikit-learn style estimator: fit, predict_proba, predict, score,
     save, load.
+NonFiniteError, DivergenceWarning
+    A finite input that overflowed (the message names the quantity), and
+    a fit whose loss rose far above its best.
 arrseg.optim
     SGD, Adam, Newton-CG for the classifier, variable projection (VarPro),
     Tikhonov and smoothness regularisation.
@@ -38,10 +41,13 @@ Importing arrseg imports neither CuPy nor PyTorch.
 
 from . import data, metrics, model_file, optim, testing, tiling
 from ._version import __version__
+from .estimator.training import DivergenceWarning
 from .network import loss_and_grad, predict_proba
+from .overflow import NonFiniteError
 from .params import Params, init_params
 from .segmenter import NotFittedError, Segmenter
 
 __all__ = ["Params", "init_params", "predict_proba", "loss_and_grad",
-           "Segmenter", "NotFittedError", "data", "metrics", "model_file",
-           "optim", "testing", "tiling", "__version__"]
+           "Segmenter", "NotFittedError", "NonFiniteError", "DivergenceWarning",
+           "data", "metrics", "model_file", "optim", "testing", "tiling",
+           "__version__"]

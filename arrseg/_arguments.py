@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import numpy as np
 
-__all__ = ["check_bool", "check_choice", "check_float", "check_int"]
+__all__ = ["check_bool", "check_bytes", "check_choice", "check_float", "check_int",
+           "format_bytes", "memory_bytes"]
 
 
 def check_int(name, value, minimum=None, *, allow_none=False, where=""):
@@ -148,3 +150,63 @@ def check_bool(name, value, *, where=""):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{where}{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def memory_bytes():
+    """This machine's physical memory in bytes, or None where unknown.
+
+    The bound of :func:`check_bytes`: no array larger than it can be
+    allocated here (a GPU's memory is smaller still).
+    """
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX, or unknown
+        return None
+
+
+def format_bytes(n):
+    """``n`` bytes as a short string: ``"512 B"``, ``"1.5 GiB"``, ``"196 TiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{int(n)} B"
+            return f"{n:.3g} {unit}" if n < 1000 else f"{n:,.0f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def check_bytes(what, n_bytes, hint="", *, where=""):
+    """Refuse an allocation larger than this machine's memory, before making it.
+
+    Parameters
+    ----------
+    what : str
+        The array and the sizes it comes from, for the message, e.g.
+        ``"the confusion matrix (n_classes = 100000)"``.
+    n_bytes : int
+        Its size in bytes (Python ints: no overflow).
+    hint : str, optional
+        What to change, appended to the message.
+    where : str, optional
+        Prefix of the message, e.g. ``"Segmenter: "``.
+
+    Raises
+    ------
+    ValueError
+        If ``n_bytes`` exceeds :func:`memory_bytes`, instead of NumPy's
+        MemoryError (or a machine that swaps for minutes).
+
+    Examples
+    --------
+    >>> from arrseg._arguments import check_bytes
+    >>> check_bytes("the parameters (n_classes = 10**15)", 8 * 10**15)
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: the parameters (n_classes = 10**15) would need 7,276 TiB, more ...
+    """
+    limit = memory_bytes()
+    if limit is not None and n_bytes > limit:
+        raise ValueError(f"{where}{what} would need {format_bytes(n_bytes)}, more "
+                         f"than this machine's {format_bytes(limit)} of memory"
+                         + (f"; {hint}" if hint else ""))

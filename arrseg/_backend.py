@@ -17,7 +17,7 @@ from array_api_compat import (
     is_torch_array,
 )
 
-__all__ = ["namespace_of", "resolve_namespace", "default_namespace", "to_numpy",
+__all__ = ["namespace_of", "refuse_masked", "resolve_namespace", "default_namespace", "to_numpy",
            "device", "float_dtype", "float_name", "image_float_dtype"]
 
 
@@ -44,6 +44,20 @@ def resolve_namespace(xp):
             f"xp must be an array namespace (numpy, cupy, torch, "
             f"array_api_strict, ...), got {xp!r}"
         ) from None
+
+
+def refuse_masked(name, a):
+    """TypeError for a NumPy masked array: arrseg does not honour masks.
+
+    A masked array's data under the mask (NaN, fill values) would be used
+    as if it were valid, so it is refused rather than silently unmasked.
+    """
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy masked array; arrseg does not honour masks (the "
+            f"values under the mask would be used as data). Pass {name}.filled(v) "
+            "with a fill value v, or, for labels, labels.filled(ignore_index) so "
+            "that masked pixels do not count")
 
 
 def namespace_of(**arrays):
@@ -73,6 +87,7 @@ def namespace_of(**arrays):
     for name, a in arrays.items():
         if a is None:
             continue
+        refuse_masked(name, a)
         try:
             xp = array_namespace(a)
         except TypeError:

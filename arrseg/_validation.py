@@ -10,8 +10,13 @@ arrays and read back to the host once, as one small array of flags:
 - elsewhere, one reduction per array, stacked on the device.
 
 So a checked call costs one synchronisation however many arrays it checks.
-Only when a flag is set are the offending values read back, to say which
-they are. The scalar checks are in :mod:`arrseg._arguments`.
+The public calls go further (``check_call(defer=True)``): they launch the
+checks, compute, and read the flags back together with their result's
+finiteness probe (:mod:`arrseg.overflow`) in :func:`finish_calls`: one
+synchronisation per call for both, and the device never waits for the
+host between the checks and the work. Only when a flag is set are the
+offending values read back, to say which they are. The scalar checks are
+in :mod:`arrseg._arguments`.
 """
 
 from __future__ import annotations
@@ -22,16 +27,17 @@ from typing import Any, NamedTuple
 import numpy as np
 from array_api_compat import is_cupy_namespace
 
-from ._arguments import check_choice
+from ._arguments import check_bytes, check_choice
 from ._backend import device, float_name, namespace_of, to_numpy
 from .core import Options, fused_kernels
 from .methods import METHODS
 from .numerics.activations import ACTIVATIONS
 from .numerics.convolution import BOUNDARIES
+from .overflow import scaled_class_weight
 from .params import Params
 
-__all__ = ["CHECK_NAMES", "Checked", "check_call", "check_choice",
-           "check_ignore_index", "check_options", "check_values"]
+__all__ = ["CHECK_NAMES", "Checked", "Pending", "check_call", "check_choice",
+           "check_ignore_index", "check_options", "check_values", "finish_calls"]
 
 #: The value checks of one call, in the order of their flags.
 CHECK_NAMES = ("x", "params.K", "params.b", "params.W", "params.c", "labels",
@@ -148,6 +154,14 @@ def _check_labels(labels, x, xp):
             f"labels must be an integer array of class indices, got dtype "
             f"{labels.dtype}"
         )
+    if labels.dtype == xp.uint64 and labels.size:
+        # int64 would wrap values >= 2**63 to negative ones, even to
+        # ignore_index; uint64 labels are rare, so this costs one read-back
+        # only for them
+        top = int(to_numpy(xp.max(labels)))
+        if top > np.iinfo(np.int64).max:
+            raise ValueError(f"labels holds the value {top}, beyond int64: class "
+                             "indices must be small non-negative integers")
     # one signed type, so that comparisons with ignore_index = -100 are
     # defined for uint8 labels too (the standard leaves out-of-range Python
     # scalars undefined)
@@ -195,6 +209,25 @@ class Checked(NamedTuple):
     param_dtype: Any
     #: the label of pixels that do not count, a Python int
     ignore_index: int = -100
+    #: the value checks not read back yet (``check_call(defer=True)``):
+    #: :class:`Pending`, read by :func:`finish_calls`; None once checked
+    pending: Any = None
+
+
+class Pending(NamedTuple):
+    """Value checks computed on the device but not yet read back."""
+
+    #: names of the flags, from CHECK_NAMES
+    names: tuple
+    #: device int array, nonzero where a check failed
+    flags: Any
+    #: the checked arrays as the user passed their values (class_weight
+    #: before scaling), for the messages
+    x: Any
+    params: Params
+    labels: Any
+    class_weight: Any
+    ignore_index: int
 
 
 def check_ignore_index(ignore_index):
@@ -210,11 +243,20 @@ def check_ignore_index(ignore_index):
         ) from None
 
 
-def check_call(x, params, labels=None, class_weight=None, ignore_index=-100):
+def check_call(x, params, labels=None, class_weight=None, ignore_index=-100, *,
+               defer=False):
     """Validate and convert the arguments of predict_proba / loss_and_grad.
 
     Raises TypeError or ValueError naming the bad argument. See the
     module docstring for the cost.
+
+    With ``defer=True`` the value checks are launched on the device but
+    not read back: the result's ``pending`` holds them, and the caller
+    reads them with :func:`finish_calls`, together with its result's
+    finiteness probe, after computing. Every path is memory-safe on
+    unchecked values (labels are compared, never used as indices
+    unguarded), so the computation may run before the check is read; its
+    result is discarded when a check failed.
     """
     p = _as_params(params)
     cw_array = None if isinstance(class_weight, (list, tuple)) else class_weight
@@ -223,6 +265,12 @@ def check_call(x, params, labels=None, class_weight=None, ignore_index=-100):
                       class_weight=cw_array)
     _check_param_shapes(p, xp)
     x_is_float = _check_images(x, p, xp)
+    N, _, H, W = (int(n) for n in x.shape)
+    n_c = int(p.W.shape[1])
+    # P (N, n_c, H, W) exists whatever the path (tiling bounds the rest)
+    check_bytes(f"the probabilities P (N, n_c, H, W) = {(N, n_c, H, W)} of x with "
+                f"the n_c = {n_c} classes of params.W", 4 * N * n_c * H * W,
+                "pass fewer or smaller images, or a model with fewer classes")
     param_dtype = p.K.dtype
     out_dtype = x.dtype if x_is_float else param_dtype
     dtype = xp.result_type(out_dtype, param_dtype)
@@ -240,10 +288,55 @@ def check_call(x, params, labels=None, class_weight=None, ignore_index=-100):
         ignore_index = check_ignore_index(ignore_index)
         class_weight = None
 
-    check_values(x, p, labels, class_weight, ignore_index, xp)
+    pending = None
+    if defer:
+        names, flags = _value_flags(x, p, labels, class_weight, ignore_index, xp)
+        pending = Pending(names, flags, x, p, labels, class_weight, ignore_index)
+    else:
+        check_values(x, p, labels, class_weight, ignore_index, xp)
+    # the loss is a ratio of class-weighted sums: weights scaled to at most
+    # 1 keep those sums from overflowing (arrseg.overflow)
+    class_weight = scaled_class_weight(class_weight, xp)
 
     return Checked(xp, x, p, labels, class_weight, dtype, out_dtype, param_dtype,
-                   ignore_index)
+                   ignore_index, pending)
+
+
+def finish_calls(checked, probe, xp):
+    """The one read-back of deferred calls: their value checks and a probe.
+
+    Parameters
+    ----------
+    checked : sequence of Checked
+        From ``check_call(defer=True)``, in the order their errors take.
+    probe : array
+        The caller's finiteness probe of its results (:mod:`arrseg.overflow`),
+        any shape, on the same device.
+    xp : namespace
+
+    Returns
+    -------
+    numpy.ndarray of float64
+        The probe's values, flattened, on the host.
+
+    Raises
+    ------
+    ValueError
+        For the first failed value check, with the message of
+        :func:`check_values`.
+    """
+    pending = [a.pending for a in checked]
+    parts = [xp.astype(q.flags, xp.float64) for q in pending]
+    parts.append(xp.reshape(xp.astype(probe, xp.float64), (-1,)))
+    host = to_numpy(xp.concat(parts))                      # the one read-back
+    start = 0
+    for q in pending:
+        bad = host[start:start + len(q.names)]
+        start += len(q.names)
+        if bad.any():
+            _raise_value_error(q.names[int(np.flatnonzero(bad)[0])], q.x, q.params,
+                               q.labels, q.class_weight, q.ignore_index)
+    return host[start:]
 
 
 def _value_flags(x, p, labels, class_weight, ignore_index, xp):
@@ -289,17 +382,27 @@ def check_values(x, p, labels, class_weight, ignore_index, xp):
     """
     names, flags = _value_flags(x, p, labels, class_weight, ignore_index, xp)
     bad = to_numpy(flags)
-    if not bad.any():
-        return
-    name = names[int(np.flatnonzero(bad)[0])]
+    if bad.any():
+        _raise_value_error(names[int(np.flatnonzero(bad)[0])], x, p, labels,
+                           class_weight, ignore_index)
+
+
+def _raise_value_error(name, x, p, labels, class_weight, ignore_index):
+    """The ValueError of the failed value check ``name``, with the offending
+    values read back (the error path)."""
     n_c = p.W.shape[1]
     if name == "labels":
         lab = to_numpy(labels)
         outside = lab[((lab < 0) | (lab >= n_c)) & (lab != ignore_index)]
+        values = sorted(set(outside.tolist()))
+        hint = ""
+        if values[-1] in (255, 65535, 2**32 - 1):
+            hint = (f"; if {values[-1]} marks unlabelled pixels, pass "
+                    f"ignore_index={values[-1]}")
         raise ValueError(
             f"labels must be class indices in [0, {n_c}) or ignore_index = "
             f"{ignore_index}; got {outside.size} other value(s), e.g. "
-            f"{sorted(set(outside.tolist()))[:5]}"
+            f"{values[:5]}{hint}"
         )
     if name == "class_weight":
         raise ValueError(

@@ -30,12 +30,14 @@ device and brought to the host in one transfer per call.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_namespace
 
 from ._backend import device, namespace_of, to_numpy
 from ._validation import check_ignore_index
-from ._arguments import check_int
+from ._arguments import check_bytes, check_int
 
 __all__ = ["confusion_matrix", "dice", "iou", "mean_iou", "pixel_accuracy"]
 
@@ -122,6 +124,9 @@ def _confusion(y_true, y_pred, n_classes, ignore_index):
     """Check the arguments; return (xp, confusion matrix)."""
     n_classes = check_int("n_classes", n_classes, 1)
     xp, t, p, ignore_index = _check_labels(y_true, y_pred, ignore_index)
+    # the counts (n_classes**2) and their codes (one per pixel), int64
+    check_bytes(f"the confusion matrix of n_classes = {n_classes} classes",
+                8 * (n_classes * n_classes + math.prod(int(n) for n in t.shape)))
     _check_range(t, p, t != ignore_index, n_classes, ignore_index, xp)
     return xp, confusion_counts(t, p, n_classes, ignore_index, xp)
 

@@ -10,8 +10,12 @@ implementation in :mod:`arrseg.numerics` (direct or FFT convolution).
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import core
-from ._validation import check_call, check_options
+from ._validation import check_call, check_options, finish_calls
+from ._backend import float_name
+from .overflow import NonFiniteError, diagnose, quiet_overflow, sum_probe, zero_probe
 from .methods import METHODS
 from .numerics.activations import ACTIVATIONS
 from .numerics.convolution import BOUNDARIES
@@ -69,6 +73,10 @@ def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="aut
     ValueError, TypeError
         For bad shapes, dtypes, non-finite values, mixed namespaces or
         unknown option names; the message names the argument.
+    arrseg.NonFiniteError
+        When finite inputs overflow (large parameters with "relu" or
+        "identity", images near the dtype's largest value): the message
+        names the quantity that overflowed (:mod:`arrseg.overflow`).
 
     Examples
     --------
@@ -82,8 +90,14 @@ def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="aut
     True
     """
     options = check_options(activation, boundary, method)
-    a = check_call(x, params)
-    return core.forward(a.x, a.params, options, a.xp, out_dtype=a.out_dtype)
+    a = check_call(x, params, defer=True)
+    with quiet_overflow():                                 # checked below
+        P = core.forward(a.x, a.params, options, a.xp, out_dtype=a.out_dtype)
+        probe = sum_probe([P], a.xp)
+    # the value checks and P's finiteness: the call's one read-back
+    if not np.isfinite(finish_calls([a], probe, a.xp)).all():
+        raise diagnose("predict_proba", a.x, a.params, options)
+    return P
 
 
 def loss_and_grad(
@@ -144,6 +158,10 @@ def loss_and_grad(
     ValueError, TypeError
         For bad shapes, dtypes, labels out of range, bad class weights,
         non-finite values, mixed namespaces or unknown option names.
+    arrseg.NonFiniteError
+        When finite inputs overflow: the message names the quantity (the
+        pre-activations, the logits, the cross-entropy or a gradient) and
+        what to change (:mod:`arrseg.overflow`).
 
     Examples
     --------
@@ -155,11 +173,25 @@ def loss_and_grad(
     ((), True)
     """
     options = check_options(activation, boundary, method)
-    a = check_call(x, params, labels, class_weight, ignore_index)
+    a = check_call(x, params, labels, class_weight, ignore_index, defer=True)
     xp = a.xp
-    loss, grads = core.loss_and_grad(a.x, a.labels, a.params, options,
-                                     a.class_weight, a.ignore_index, xp)
-    if a.dtype != a.param_dtype:
-        loss = xp.astype(loss, a.param_dtype)
-        grads = tuple(None if g is None else xp.astype(g, a.param_dtype) for g in grads)
+    with quiet_overflow():                                 # checked below
+        loss, grads = core.loss_and_grad(a.x, a.labels, a.params, options,
+                                         a.class_weight, a.ignore_index, xp)
+        probe = zero_probe([loss, *grads], xp)             # 0 iff all finite
+        if a.dtype != a.param_dtype:
+            loss = xp.astype(loss, a.param_dtype)
+            grads = tuple(None if g is None else xp.astype(g, a.param_dtype)
+                          for g in grads)
+            probe = xp.stack([probe, zero_probe([loss, *grads], xp)])
+    # the value checks and the results' finiteness: the call's one read-back
+    finite = np.isfinite(finish_calls([a], probe, xp))
+    if not finite.all():
+        if finite.flat[0]:  # finite in float64, not in the parameters' dtype
+            raise NonFiniteError(
+                f"loss_and_grad: the loss or its gradient, computed in float64 "
+                f"(x is float64), exceeds the range of the parameters' dtype "
+                f"{float_name(xp, a.param_dtype)}: pass float64 parameters")
+        raise diagnose("loss_and_grad", a.x, a.params, options, labels=a.labels,
+                       class_weight=a.class_weight, ignore_index=a.ignore_index)
     return loss, Params(*grads)

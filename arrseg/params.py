@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._arguments import check_int
+from ._arguments import check_bytes, check_int
 from ._backend import float_dtype, resolve_namespace
 
 __all__ = ["Params", "init_params"]
@@ -131,6 +131,10 @@ def init_params(
         raise ValueError(
             f"kernel_size must be odd (the output keeps the input's size), got {s}"
         )
+    # drawn in float64 on the host, then copied: 16 bytes a parameter
+    check_bytes(f"init_params: the parameters (in_channels={C}, width={k}, "
+                f"n_classes={n_c}, kernel_size={s})",
+                16 * (k * C * s * s + k + k * n_c + n_c))
     xp = resolve_namespace(xp)
     dt = float_dtype(xp, dtype)
 

@@ -48,8 +48,8 @@ import numpy as np
 from array_api_compat import array_namespace, is_array_api_obj
 
 from ._backend import device, image_float_dtype, to_numpy
-from ._validation import check_call
-from .estimator import inputs, persistence, training
+from ._validation import check_call, finish_calls
+from .estimator import classes, inputs, persistence, training
 from .estimator.settings import (
     DEFAULT_CROP_SIZE,
     DEFAULT_LEARNING_RATES,
@@ -58,6 +58,7 @@ from .estimator.settings import (
     check_settings,
 )
 from .network import DEFAULT_IGNORE_INDEX
+from .overflow import diagnose, quiet_overflow, sum_probe
 from .params import Params, init_params
 from .tiling import proba_tiled
 
@@ -312,6 +313,13 @@ class Segmenter:
             When the loss becomes NaN or infinite (a learning rate too
             large); the estimator keeps the last parameters with a finite
             loss and the error names the iteration.
+
+        Warns
+        -----
+        arrseg.DivergenceWarning
+            When the training loss ends above twice the lowest it reached
+            (training stops once it exceeds 100 times): the estimator keeps
+            the parameters of the iteration with the lowest loss.
         """
         start_time = time.perf_counter()
         s = check_settings(self)
@@ -322,14 +330,17 @@ class Segmenter:
         C = int(groups[0].shape[1])
         dtype = image_float_dtype(xp, groups[0].dtype)
 
-        n_classes = self._infer_n_classes(host_labels, s)
-        class_weight = self._resolve_class_weight(host_labels, n_classes, s)
+        n_classes = classes.infer_n_classes(
+            host_labels, s, max(int(g.shape[2]) * int(g.shape[3]) for g in groups))
+        class_weight = classes.resolve_class_weight(host_labels, n_classes, s)
         mean, std = inputs.normalisation(groups, xp)
 
         rng = np.random.default_rng(self.seed)
         xs = [inputs.normalise(g, mean, std, dtype, xp) for g in groups]
+        # scaled to at most 1: the loss is unchanged, its sums cannot overflow
         cw = (None if class_weight is None
-              else xp.asarray(class_weight, dtype=dtype, device=dev))
+              else xp.asarray(class_weight / max(class_weight.max(), 1e-300),
+                              dtype=dtype, device=dev))
 
         val = None
         if validation is not None:
@@ -373,56 +384,13 @@ class Segmenter:
                 self.validation_score_ = monitor.best_score
             elif self.validation_scores_:
                 self.validation_score_ = self.validation_scores_[-1]
+            training.keep_best_if_diverged(self, monitor, s)
         finally:
             if progress is not None:
                 progress.close()
             self._params_cache = {}
             self.fit_time_ = time.perf_counter() - start_time
         return self
-
-    @staticmethod
-    def _infer_n_classes(host_labels, s):
-        ignore = s.ignore_index
-        values = np.unique(np.concatenate([np.unique(m) for m in host_labels]))
-        values = values[values != ignore]
-        bad = values[values < 0]
-        if s.n_classes is not None:
-            bad = values[(values < 0) | (values >= s.n_classes)]
-        if bad.size:
-            upper = "" if s.n_classes is None else f", {s.n_classes})"
-            raise ValueError(
-                "labels must be class indices "
-                + (f"in [0{upper}" if upper else ">= 0")
-                + f" or ignore_index = {ignore}; got {bad.size} other value(s), e.g. "
-                f"{bad[:5].tolist()}")
-        if values.size == 0:
-            raise ValueError(f"labels has no labelled pixel: every label is "
-                             f"ignore_index = {ignore}")
-        if s.n_classes is not None:
-            return s.n_classes
-        n = int(values.max()) + 1
-        if n < 2:
-            raise ValueError("labels hold only class 0: a segmenter needs at least "
-                             "2 classes (label some pixels of another class, or set "
-                             "n_classes)")
-        return n
-
-    @staticmethod
-    def _resolve_class_weight(host_labels, n_classes, s):
-        cw = s.class_weight
-        if cw is None:
-            return None
-        if isinstance(cw, str):  # "balanced", as scikit-learn
-            counts = np.zeros(n_classes)
-            for m in host_labels:
-                v = m[(m >= 0) & (m < n_classes) & (m != s.ignore_index)]
-                counts += np.bincount(v, minlength=n_classes)
-            total = counts.sum()
-            return np.where(counts > 0, total / (n_classes * np.maximum(counts, 1)), 0.0)
-        if cw.shape != (n_classes,):
-            raise ValueError(f"Segmenter: class_weight must have one weight per class, "
-                             f"shape ({n_classes},), got shape {cw.shape}")
-        return cw
 
     @staticmethod
     def _split_pixels(host_labels, rng, s):
@@ -501,7 +469,7 @@ class Segmenter:
         self._check_fitted(what)
         settings = check_predict_settings(self)
         groups, form = inputs.image_groups(images)
-        out = []
+        out, checked = [], []
         for g in groups:
             if int(g.shape[1]) != self.in_channels_:
                 raise ValueError(
@@ -515,11 +483,35 @@ class Segmenter:
             dtype = image_float_dtype(xp, g.dtype)
             if not xp.isdtype(g.dtype, "real floating"):
                 dtype = params.K.dtype
-            x = inputs.normalise(g, self.mean_, self.std_, dtype, xp)
-            a = check_call(x, params)           # the call's one value check
-            out.append(proba_tiled(a.x, a.params, settings.options, xp,
-                                   tile_shape=settings.tile_shape, out_dtype=a.out_dtype,
-                                   memory_budget=settings.memory_budget))
+            with quiet_overflow():  # a finite check of x follows
+                x = inputs.normalise(g, self.mean_, self.std_, dtype, xp)
+            a = check_call(x, params, defer=True)    # read back below
+            with quiet_overflow():                   # checked below
+                out.append(proba_tiled(a.x, a.params, settings.options, xp,
+                                       tile_shape=settings.tile_shape,
+                                       out_dtype=a.out_dtype,
+                                       memory_budget=settings.memory_budget))
+            checked.append(a)
+        # every group's value checks and P's finiteness: the call's one read-back
+        xp = checked[0].xp
+        with quiet_overflow():
+            probe = sum_probe(out, xp)
+        try:
+            finite = np.isfinite(finish_calls(checked, probe, xp))
+        except ValueError as e:
+            if not str(e).startswith("x must be finite"):
+                raise
+            # the images were checked after normalisation: say which failed
+            if all(np.isfinite(to_numpy(g)).all() for g in groups):
+                raise ValueError(
+                    f"Segmenter.{what}: the images are finite but (images - mean_) "
+                    f"/ std_ is not, with mean_ = {self.mean_.tolist()} and std_ = "
+                    f"{self.std_.tolist()}: the model's normalisation is unusable "
+                    "(refit, or check the model file)") from None
+            raise ValueError(f"images must be finite: {e}") from None
+        for ok, a in zip(finite, checked):
+            if not ok:
+                raise diagnose(f"Segmenter.{what}", a.x, a.params, settings.options)
         return out, form
 
     def predict_proba(self, images):

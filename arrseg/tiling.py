@@ -49,12 +49,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from array_api_compat import is_writeable_array
 
 from . import core
 from ._arguments import check_int
 from ._backend import device
-from ._validation import check_call, check_options
+from ._validation import check_call, check_options, finish_calls
+from .overflow import diagnose, quiet_overflow, sum_probe
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "DEFAULT_TILE_SIZE", "plan_tiles",
            "predict_proba_tiled", "tile_grid", "working_bytes"]
@@ -243,6 +246,8 @@ def predict_proba_tiled(x, params, *, tile_size=None, activation="tanh",
         the whole image, so messages give x's own shape); for a
         ``tile_size`` or ``memory_budget`` that is not a positive integer
         (or a pair of them).
+    arrseg.NonFiniteError
+        As :func:`arrseg.predict_proba`, when finite inputs overflow.
 
     Examples
     --------
@@ -260,9 +265,15 @@ def predict_proba_tiled(x, params, *, tile_size=None, activation="tanh",
     options = check_options(activation, boundary, method)
     tile_shape = None if tile_size is None else _tile_shape(tile_size)
     check_int("memory_budget", memory_budget, 1, allow_none=True)
-    a = check_call(x, params)
-    return proba_tiled(a.x, a.params, options, a.xp, tile_shape=tile_shape,
-                       out_dtype=a.out_dtype, memory_budget=memory_budget)
+    a = check_call(x, params, defer=True)
+    with quiet_overflow():                                 # checked below
+        P = proba_tiled(a.x, a.params, options, a.xp, tile_shape=tile_shape,
+                        out_dtype=a.out_dtype, memory_budget=memory_budget)
+        probe = sum_probe([P], a.xp)
+    # the value checks and P's finiteness: the call's one read-back
+    if not np.isfinite(finish_calls([a], probe, a.xp)).all():
+        raise diagnose("predict_proba_tiled", a.x, a.params, options)
+    return P
 
 
 def proba_tiled(x, params, options, xp, *, tile_shape=None, out_dtype=None,

@@ -10,9 +10,26 @@ backend from one test, with the reason shown in the report.
 from __future__ import annotations
 
 import importlib
+import os
 
 import numpy as np
 import pytest
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the property tests skip themselves
+    settings = None
+
+if settings is not None:
+    # "ci": the bounded, reproducible run of `pytest` and .ci/run;
+    # "long": HYPOTHESIS_PROFILE=long for a long search (docs/reliability.rst).
+    settings.register_profile(
+        "ci", max_examples=30, deadline=None, derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile(
+        "long", max_examples=2000, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _cupy_usable():

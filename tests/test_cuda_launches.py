@@ -94,11 +94,15 @@ def test_a_bad_value_is_found_by_the_check_kernel(kernels):
     with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 3\)"
                                          r".*\[7\]"):
         arrseg.loss_and_grad(x, y, params)
+    # the check is launched first and read back after the work, with the
+    # result's finiteness probe: one synchronisation (the result is discarded)
+    assert kernels.launches == [CHECK, BACKWARD, REDUCE]
+    kernels.launches.clear()
     x = x.copy()
     x[0, 1, 2, 2] = np.nan
     with pytest.raises(ValueError, match="x must be finite, got 1 non-finite"):
         arrseg.predict_proba(x, params)
-    assert kernels.launches == [CHECK, CHECK]
+    assert kernels.launches == [CHECK, FORWARD]
 
 
 def test_segmenter_predicts_a_large_image_in_one_pass(kernels):

@@ -323,3 +323,458 @@ def test_public_constants():
     assert model_file.FORMAT == "arrseg-model"
     assert model_file.FORMAT_VERSION == 1
     assert issubclass(ModelFileError, ValueError)
+
+
+# --- the container's bounds: crafted zips and .npy headers ---------------------------
+
+def _fuzz_tool():
+    """tools/fuzz_model_file.py: the zip and .npy builders the fuzzer uses."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "fuzz_model_file.py"
+    spec = importlib.util.spec_from_file_location("fuzz_model_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fuzz = _fuzz_tool()
+
+
+def good_file(tmp_path, compress=True):
+    save(tmp_path / "good.npz", random_params(None), {"k": 5}, compress=compress)
+    return (tmp_path / "good.npz").read_bytes()
+
+
+def with_member(data, name, raw=None, compress=True, **lies):
+    """The zip ``data`` with member ``name`` replaced by ``raw`` (sizes and
+    CRC true unless ``lies`` say otherwise)."""
+    return fuzz.replace_members(data, {name: fuzz.member(name, raw, compress, **lies)})
+
+
+def load_bytes(tmp_path, data):
+    path = tmp_path / "crafted.npz"
+    path.write_bytes(data)
+    return load(path)
+
+
+@pytest.mark.parametrize("shape, words", [
+    ((2**40,), ["entry 'K' has shape (1099511627776,) of float64",
+                "more than the bound of 1073741824"]),
+    ((10**30, 10**30), ["entry 'K' has shape", "more than the bound"]),
+    ((5, 3, 3, 3), ["entry 'K' declares 128 bytes in the zip directory",
+                    "header describes 128 + 1080 (shape (5, 3, 3, 3), float64)"]),
+    ((-1,), ["entry 'K' has an invalid shape (-1,)", "non-negative integers"]),
+    ((True, 3), ["entry 'K' has an invalid shape (True, 3)"]),
+])
+def test_npy_header_shapes_beyond_the_data(tmp_path, shape, words):
+    """The header's shape is checked against the bound and the zip
+    directory's size before anything is allocated (no MemoryError)."""
+    data = with_member(good_file(tmp_path), "K.npy",
+                       fuzz.npy_bytes(fuzz.npy_header_text(shape)))
+    with raises(ModelFileError, "crafted.npz", *words):
+        load_bytes(tmp_path, data)
+
+
+@pytest.mark.parametrize("header, version, length", [
+    ("{'descr': '<f8', 'fortran_order': False, 'shape': (3,", (1, 0), None),
+    ("{", (2, 0), None),
+    ("[1, 2, 3]", (1, 0), None),
+    ("{'descr': '<f8'}", (1, 0), None),
+    ("{'descr': '<f8', 'fortran_order': False, 'shape': (3L,), }", (1, 0), None),
+    ("\x00\xff garbage", (1, 0), None),
+    ("(" * 500 + ")" * 500, (3, 0), None),
+    ("{'descr': 'nonsense', 'fortran_order': False, 'shape': (3,), }", (1, 0), None),
+    ("{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }", (2, 0), 2**32 - 1),
+    ("{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }", (4, 0), None),
+    ("{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }" + " " * 20_000,
+     (2, 0), None),
+], ids=["unterminated", "brace", "not-a-dict", "missing-keys", "python2-long",
+        "garbage", "nested", "bad-descr", "huge-length", "version-4", "too-long"])
+def test_invalid_npy_headers(tmp_path, header, version, length):
+    """Whatever NumPy's header parser raises (tokenize.TokenError,
+    SyntaxError, ValueError, its Python 2 warning) is a ModelFileError."""
+    data = with_member(good_file(tmp_path), "K.npy",
+                       fuzz.npy_bytes(header, b"\0" * 24, version, length))
+    with raises(ModelFileError, "entry 'K' has no valid .npy header"):
+        load_bytes(tmp_path, data)
+
+
+def test_npy_versions_and_fortran_order_load(tmp_path):
+    p = random_params(None)
+    data = good_file(tmp_path)
+    K = np.asfortranarray(p.K)
+    header = fuzz.npy_header_text(K.shape, "<f8", True)
+    for version in [(1, 0), (2, 0), (3, 0)]:
+        raw = fuzz.npy_bytes(header, K.tobytes(order="F"), version)
+        got, _ = load_bytes(tmp_path, with_member(data, "K.npy", raw))
+        np.testing.assert_array_equal(got.K, p.K)
+
+
+@pytest.mark.parametrize("descr, words", [
+    ("|O", ["entry 'K' is an object array", "refusing to unpickle"]),
+    ([("a", "<f8"), ("b", "|O")], ["entry 'K' is an object array"]),
+    ("<f2", ["params.K must be float32 or float64, got dtype float16"]),
+    ("|V0", ["params.K must be float32 or float64"]),
+    (("<f8", (2,)), ["params.K must be float32 or float64"]),
+])
+def test_npy_dtypes_other_than_float(tmp_path, descr, words):
+    data = with_member(good_file(tmp_path), "K.npy",
+                       fuzz.npy_bytes(fuzz.npy_header_text((2,), descr), b"\0" * 64))
+    with raises(ModelFileError, *words):
+        load_bytes(tmp_path, data)
+
+
+@pytest.mark.parametrize("member", ["K.npy", "metadata.npy"])
+@pytest.mark.parametrize("honest", [True, False], ids=["true-size", "lying-size"])
+def test_deflate_bombs_are_not_inflated(tmp_path, member, honest):
+    """64 KB inflating to 64 MiB: refused from the zip directory's sizes, or
+    read no further than the (lying) declared size + 1 byte."""
+    what = "metadata" if member == "metadata.npy" else "array"
+    bomb = fuzz.bomb_member(member, 2**26, honest, what)
+    data = fuzz.replace_members(good_file(tmp_path), {member: bomb})
+    name = member[:-4]
+    words = ([f"entry {name!r} declares 67108992 bytes inflated from",
+              "MAX_INFLATION = 64 times"] if honest and name == "K" else
+             [f"entry {name!r} declares 67108992 bytes, more than the bound of "
+              "16777216 bytes"] if honest else
+             [f"entry {name!r} is corrupt or truncated", "CRC-32"])
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with raises(ModelFileError, *words):
+            load_bytes(tmp_path, data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20
+
+
+def test_a_lying_size_with_a_matching_crc_reads_only_what_is_declared(tmp_path):
+    """A member whose data runs on past its declared size (and whose CRC is
+    that of the declared part) is read up to the declared size."""
+    p = random_params(None)
+    raw = fuzz.npy_of(p.K)
+    lie = fuzz.member("K.npy", raw + b"\0" * 2**22, True, size=len(raw),
+                      crc=__import__("zlib").crc32(raw))
+    data = fuzz.replace_members(good_file(tmp_path), {"K.npy": lie})
+    got, _ = load_bytes(tmp_path, data)
+    np.testing.assert_array_equal(got.K, p.K)
+
+
+def test_zip_directory_bounds(tmp_path):
+    data = good_file(tmp_path)
+    members = fuzz.read_members(data)
+    many = members + [fuzz.member(f"extra{i}.npy", b"") for i in range(64)]
+    with raises(ModelFileError, "lists 69 entries, more than MAX_ENTRIES = 64"):
+        load_bytes(tmp_path, fuzz.build_zip(many))
+    twice = members + [members[0]]
+    with raises(ModelFileError, "lists entries more than once", "'K.npy'"):
+        load_bytes(tmp_path, fuzz.build_zip(twice))
+    raw = fuzz.npy_of(random_params(None).K)
+    for lies, words in [({"flags": 1}, ["entry 'K' uses a zip feature", "flags 0x1"]),
+                        ({"method": 12}, ["compression method 12"]),
+                        ({"csize": 2**40}, ["declares 1099511627776 compressed bytes",
+                                            "more than the file's"])]:
+        with raises(ModelFileError, *words):
+            load_bytes(tmp_path, with_member(data, "K.npy", raw, **lies))
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[" * 100_000, ["not UTF-8 JSON", "RecursionError"]),
+    ("[" * 100_000 + "]" * 100_000, ["not UTF-8 JSON", "RecursionError"]),
+    ('{"format": "arrseg-model", "format_version": 1, "x": 1' + "0" * 5000 + "}",
+     ["not UTF-8 JSON", "4300"]),
+    ('{"format": "arrseg-model", "format_version": 1e999}',
+     ["'format_version' must be a positive integer, got inf"]),
+    ('{"format": ' + "[" * 50 + "]" * 50 + "}", ["'format' is [[[[...]]]]"]),
+    ('{"format": "' + "x" * 100_000 + '"}', ["'format' is 'xxxxxxx", "...",
+                                            "expected 'arrseg-model'"]),
+])
+def test_hostile_metadata_json(tmp_path, text, words):
+    data = fuzz.with_metadata_text(good_file(tmp_path), text)
+    with raises(ModelFileError, *words):
+        load_bytes(tmp_path, data)
+
+
+# --- a Segmenter's file: every metadata field checked --------------------------------
+
+@pytest.fixture(scope="module")
+def segmenter_file(tmp_path_factory):
+    """(params, metadata without the reserved keys) of a valid Segmenter file."""
+    path = tmp_path_factory.mktemp("segmenter") / "s.npz"
+    fuzz._fitted_segmenter().save(path)
+    params, meta = load(path)
+    return params, {k: v for k, v in meta.items() if k not in model_file.RESERVED_KEYS}
+
+
+def resave(tmp_path, segmenter_file, edit=None, params=None):
+    """A Segmenter file with ``edit(metadata)`` applied (on a copy)."""
+    import copy
+
+    p, meta = segmenter_file
+    meta = copy.deepcopy(meta)
+    if edit is not None:
+        edit(meta)
+    path = tmp_path / "s.npz"
+    save(path, p if params is None else params, meta)
+    return path
+
+
+def setting(key, value):
+    def edit(meta):
+        meta[key] = value
+    return edit
+
+
+def hyper(key, value):
+    def edit(meta):
+        meta["hyper_parameters"][key] = value
+    return edit
+
+
+def delete(*keys):
+    def edit(meta):
+        for k in keys:
+            meta.pop(k)
+    return edit
+
+
+def test_a_valid_segmenter_file_loads_and_predicts_as_saved(tmp_path, segmenter_file):
+    est = fuzz._fitted_segmenter()
+    est.save(tmp_path / "s.npz")
+    loaded = arrseg.Segmenter.load(tmp_path / "s.npz")
+    x = np.random.default_rng(0).random((2, 9, 7))
+    np.testing.assert_array_equal(loaded.predict_proba(x), est.predict_proba(x))
+    assert loaded.get_params() == est.get_params()
+    assert loaded.loss_curve_[:2] == est.loss_curve_[:2]
+    np.testing.assert_array_equal(loaded.class_weight_, est.class_weight_)
+    assert (loaded.n_iter_, loaded.validation_score_) == (3, 0.75)
+
+
+SCHEMA_CASES = [
+    (delete("std"), ["lacks the field(s) ['std']"]),
+    (delete("mean", "n_iter"), ["lacks the field(s) ['mean', 'n_iter']"]),
+    (setting("std", [0.2, -0.1]), ["metadata 'std' is [0.2, -0.1]",
+                                   "a list of 2 finite numbers > 0",
+                                   "(in_channels = K.shape[1] = 2)"]),
+    (setting("std", [0.2, 0.0]), ["metadata 'std' is [0.2, 0.0]"]),
+    (setting("std", [0.2, float("nan")]), ["metadata 'std' is [0.2, nan]"]),
+    (setting("std", [0.2, float("inf")]), ["metadata 'std' is [0.2, inf]"]),
+    (setting("std", [0.2]), ["metadata 'std' is [0.2]", "a list of 2"]),
+    (setting("std", 0.2), ["metadata 'std' is 0.2"]),
+    (setting("std", [0.2, "0.1"]), ["metadata 'std' is [0.2, '0.1']"]),
+    (setting("std", [0.2, True]), ["metadata 'std' is [0.2, True]"]),
+    (setting("std", [0.2, [0.1]]), ["metadata 'std' is [0.2, [0.1]]"]),
+    (setting("mean", [0.5, 0.25, 0.0]), ["metadata 'mean' is [0.5, 0.25, 0.0]",
+                                         "a list of 2 finite numbers"]),
+    (setting("mean", {"a": 1}), ["metadata 'mean' is {'a': 1}"]),
+    (setting("mean", [1e308 * 10, 0]), ["metadata 'mean' is [inf, 0]"]),
+    (setting("in_channels", 3), ["metadata 'in_channels' is 3",
+                                 "the integer 2 (K.shape[1])"]),
+    (setting("in_channels", True), ["metadata 'in_channels' is True"]),
+    (setting("in_channels", 2.0), ["metadata 'in_channels' is 2.0"]),
+    (setting("n_classes", 4), ["metadata 'n_classes' is 4",
+                               "the integer 3 (W.shape[1])"]),
+    (setting("n_classes", "3"), ["metadata 'n_classes' is '3'"]),
+    (setting("class_weight", [1.0, 2.0]), ["metadata 'class_weight' is [1.0, 2.0]",
+                                           "a list of 3 finite numbers >= 0",
+                                           "(n_classes = 3), or null"]),
+    (setting("class_weight", [1.0, -2.0, 1.0]), ["metadata 'class_weight'"]),
+    (setting("class_weight", "balanced"), ["metadata 'class_weight' is 'balanced'"]),
+    (setting("n_iter", -1), ["metadata 'n_iter' is -1", "an integer >= 0"]),
+    (setting("n_iter", 3.0), ["metadata 'n_iter' is 3.0"]),
+    (setting("n_iter", False), ["metadata 'n_iter' is False"]),
+    (setting("loss_curve", [1.0, "x"]), ["metadata 'loss_curve' is [1.0, 'x']",
+                                         "a list of numbers (NaN and infinities"]),
+    (setting("validation_scores", None), ["metadata 'validation_scores' is None"]),
+    (setting("validation_loss_curve", [[1.0]]), ["'validation_loss_curve'"]),
+    (setting("validation_score", "0.5"), ["metadata 'validation_score' is '0.5'",
+                                          "a number or null"]),
+    (setting("validation_score", [0.5]), ["metadata 'validation_score' is [0.5]"]),
+    (setting("hyper_parameters", [1, 2]), ["metadata 'hyper_parameters' is [1, 2]",
+                                           "a JSON object"]),
+    (hyper("width", 8), ["metadata 'hyper_parameters.width' is 8",
+                         "expected 4 (K.shape[0])"]),
+    (hyper("kernel_size", 5), ["'hyper_parameters.kernel_size' is 5",
+                               "expected 3 (K.shape[2])"]),
+    (hyper("n_classes", 2), ["'hyper_parameters.n_classes' is 2",
+                             "null or 3 (W.shape[1])"]),
+    (hyper("class_weight", [1, 2]), ["'hyper_parameters.class_weight' is [1, 2]",
+                                     "a list of 3 weights"]),
+    (hyper("width", True), ["holds a value that Segmenter refuses",
+                            "width must be an integer, got bool True"]),
+    (hyper("width", "4"), ["width must be an integer, got str '4'"]),
+    (hyper("kernel_size", 4), ["kernel_size must be odd"]),
+    (hyper("activation", "softmax"), ["activation must be one of"]),
+    (hyper("boundary", False), ["boundary must be one of", "got False"]),
+    (hyper("method", None), ["method must be one of"]),
+    (hyper("memory_budget", False), ["memory_budget must be an integer or None"]),
+    (hyper("tile_size", 0), ["tile_size must be >= 1, got 0"]),
+    (hyper("learning_rate", float("nan")), ["learning_rate must be a finite number"]),
+    (hyper("momentum", 10**400), ["metadata 'hyper_parameters' holds a value",
+                                  "int too large"]),
+    (hyper("class_weight", {"a": 1}), ["class_weight must be None, 'balanced'"]),
+    (hyper("class_weight", [[1, 2, 3]]), ["class_weight must be a 1-d sequence"]),
+    (hyper("max_iter", 0), ["max_iter must be >= 1, got 0"]),
+]
+
+
+@pytest.mark.parametrize("edit, words", SCHEMA_CASES)
+def test_segmenter_metadata_schema(tmp_path, segmenter_file, edit, words):
+    path = resave(tmp_path, segmenter_file, edit)
+    with raises(ModelFileError, f"cannot load {str(path)!r} as a Segmenter", *words):
+        arrseg.Segmenter.load(path)
+    load(path)      # the generic reader reads it: only the Segmenter's schema fails
+
+
+def test_hyper_parameters_absent_take_their_defaults(tmp_path, segmenter_file):
+    def drop(meta):
+        for name in ("tol", "seed", "a_name_from_the_future"):
+            meta["hyper_parameters"].pop(name, None)
+        meta["hyper_parameters"]["a_name_from_the_future"] = [1]
+    est = arrseg.Segmenter.load(resave(tmp_path, segmenter_file, drop))
+    assert (est.tol, est.seed) == (1e-4, 0)
+    with raises(ModelFileError, "'hyper_parameters.width' is 16",
+                "expected 4 (K.shape[0]) (absent: the default)"):
+        arrseg.Segmenter.load(resave(
+            tmp_path, segmenter_file, lambda m: m["hyper_parameters"].pop("width")))
+
+
+def test_segmenter_parameters_must_be_finite(tmp_path, segmenter_file):
+    p, _ = segmenter_file
+    K = p.K.copy()
+    K[0, 0, 0, 0] = np.nan
+    path = resave(tmp_path, segmenter_file, params=p._replace(K=K))
+    with raises(ModelFileError, "params.K holds non-finite values"):
+        arrseg.Segmenter.load(path)
+
+
+def test_segmenter_file_with_one_class(tmp_path, segmenter_file):
+    p, _ = segmenter_file
+    params = p._replace(W=p.W[:, :1], c=p.c[:1])
+    path = resave(tmp_path, segmenter_file, setting("n_classes", 1), params)
+    with raises(ModelFileError, "metadata 'n_classes' is 1",
+                "an integer >= 2, equal to (W.shape[1] = 1)"):
+        arrseg.Segmenter.load(path)
+
+
+def test_segmenter_load_into_a_namespace(tmp_path, segmenter_file):
+    xps = pytest.importorskip("array_api_strict")
+    est = arrseg.Segmenter.load(resave(tmp_path, segmenter_file), xp=xps)
+    assert array_namespace(est.params_.K) is xps
+    with raises(TypeError, "xp must be an array namespace"):
+        arrseg.Segmenter.load(resave(tmp_path, segmenter_file), xp="numpy")
+
+
+# --- saving: durable, and failures name the target -----------------------------------
+
+class _FailingFile(__import__("io").FileIO):
+    """A file whose writes fail with ``error`` once ``limit`` bytes are
+    written (the disk fills up part-way)."""
+
+    limit = 1000
+    error = OSError(28, "No space left on device")
+
+    def write(self, b):
+        if self.tell() + len(b) > self.limit:
+            room = max(0, self.limit - self.tell())
+            super().write(bytes(b)[:room])
+            raise self.error
+        return super().write(b)
+
+
+def _failing_open(error, limit=1000):
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = _FailingFile(path, mode)
+        f.error, f.limit = error, limit
+        return f
+    return fake_open
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_disk_full_during_save(tmp_path, monkeypatch, compress):
+    import errno
+
+    path = tmp_path / "m.npz"
+    save(path, random_params(None, seed=1), {"run": 1})
+    before = path.read_bytes()
+    monkeypatch.setattr(model_file, "open", _failing_open(
+        OSError(errno.ENOSPC, "No space left on device")), raising=False)
+    with raises(OSError, "cannot save arrseg model file", "No space left on device",
+                str(path)) as info:
+        save(path, random_params(None, seed=2), {"run": 2}, compress=compress)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert ".tmp" not in str(info.value)
+    assert isinstance(info.value.__cause__, OSError)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.npz"]
+    monkeypatch.undo()
+    assert load(path)[1]["run"] == 1
+
+
+def test_keyboard_interrupt_during_save(tmp_path, monkeypatch):
+    path = tmp_path / "m.npz"
+    save(path, random_params(None, seed=1), {"run": 1})
+    before = path.read_bytes()
+    monkeypatch.setattr(model_file, "open", _failing_open(KeyboardInterrupt(), 500),
+                        raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        save(path, random_params(None, seed=2), {"run": 2})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
+def test_save_errors_name_the_target(tmp_path):
+    path = tmp_path / "no-such-folder" / "m.npz"
+    with raises(FileNotFoundError, "cannot save arrseg model file", str(path)) as info:
+        save(path, random_params(None))
+    assert ".tmp" not in str(info.value) and info.value.filename == str(path)
+    (tmp_path / "a-folder").mkdir()
+    with raises(OSError, "cannot save arrseg model file", "a-folder"):
+        save(tmp_path / "a-folder", random_params(None))
+    assert os.listdir(tmp_path) == ["a-folder"]
+
+
+def test_save_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path,
+                                                                    monkeypatch):
+    import stat
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd):
+        kind = "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        events.append(f"fsync {kind}")
+        fsync(fd)
+
+    def recording_replace(src, dst):
+        events.append("replace")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    save(tmp_path / "m.npz", random_params(None))
+    assert events == ["fsync file", "replace", "fsync folder"]
+
+    # where the OS cannot open a folder (Windows), the folder is not synced
+    real_open = os.open
+
+    def no_folders(path, flags, *args):
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *args)
+
+    events.clear()
+    monkeypatch.setattr(os, "open", no_folders)
+    save(tmp_path / "m.npz", random_params(None))
+    assert events == ["fsync file", "replace"]
+    assert load(tmp_path / "m.npz")[0].K.shape == (5, 3, 3, 3)
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    with raises(ValueError, "metadata must take at most MAX_METADATA_BYTES"):
+        save(tmp_path / "m.npz", random_params(None), {"x": "a" * (16 * 2**20)})
+    assert os.listdir(tmp_path) == []

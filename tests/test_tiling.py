@@ -105,11 +105,12 @@ def test_assembly_by_concat_for_immutable_arrays(xp, rng, monkeypatch, boundary)
 
 
 def recording_core(monkeypatch):
-    """Record the core forward passes and the value checks of the calls."""
+    """Record the core forward passes and the value checks of the calls
+    (launched by _value_flags, read back once by finish_calls)."""
     from arrseg import _validation, core
 
     forwards, checks = [], []
-    forward, check_values = core.forward, _validation.check_values
+    forward, check_values = core.forward, _validation._value_flags
 
     def recording_forward(x, params, options, xp, **kwargs):
         forwards.append((tuple(x.shape), options))
@@ -120,7 +121,7 @@ def recording_core(monkeypatch):
         return check_values(*args)
 
     monkeypatch.setattr(core, "forward", recording_forward)
-    monkeypatch.setattr(_validation, "check_values", recording_check)
+    monkeypatch.setattr(_validation, "_value_flags", recording_check)
     return forwards, checks
 
 

@@ -121,10 +121,11 @@ def _prescale(activation, dtype):
     return _PRESCALE.get(activation, 1.0)
 
 
-def _activate(name, A):
-    """A = sigma(Z) in place, from A = prescale * Z."""
+def _activate(name, A, prescaled=True):
+    """A = sigma(Z) in place, from A = prescale * Z (from A = Z for tanh when
+    ``prescaled`` is False)."""
     if name == "tanh":
-        if A.dtype == np.float32:
+        if A.dtype == np.float32 and prescaled:
             # tanh z = 1 - 2 / (1 + exp(2z)), from A = 2z: four passes, 30%
             # faster than np.tanh in float32 here, within 2e-7 of tanh (np.tanh:
             # 6e-8). exp overflows to inf for 2z > 88 and gives the exact 1.
@@ -237,6 +238,11 @@ class _Plan:
         self.Kb = np.empty((g.k, g.CS + 1), dtype)
         self.Kb[:, : g.CS] = K.reshape(g.k, g.CS)
         self.Kb[:, g.CS] = b
+        if scale == 2.0 and not np.abs(self.Kb).max() <= np.finfo(dtype).max / 2:
+            scale = 1.0  # 2 [K | b] would overflow: np.tanh from Z itself
+        #: whether Kb holds the activation's factor (always, but for tanh
+        #: with entries beyond half the dtype's largest value)
+        self.prescaled = scale != 1.0 or _prescale(activation, dtype) == 1.0
         self.Kb *= scale
         self.Wt = np.ascontiguousarray(W.T)  # (n_c, k)
         self.Wc = np.ascontiguousarray(W)  # (k, n_c)
@@ -276,7 +282,7 @@ class _Plan:
         rows = ws.patches.load(self.x, self.boundary, n, r0)
         A, S, E = ws.A, ws.S, ws.E
         np.matmul(self.Kb, ws.patches.PT, out=A)
-        _activate(self.activation, A)
+        _activate(self.activation, A, self.prescaled)
         np.matmul(self.Wt, A, out=S)
         if self.c is not None:
             S += self.c
@@ -342,7 +348,7 @@ def features(x, K, b, activation, boundary):
             for n, r0 in g.chunks[i]:
                 rows = ws.patches.load(x, boundary, n, r0)
                 np.matmul(plan.Kb, ws.patches.PT, out=ws.A)
-                _activate(activation, ws.A)
+                _activate(activation, ws.A, plan.prescaled)
                 Y1[n, :, r0 : r0 + rows] = ws.A.reshape(g.k, g.R, g.Wp)[:, :rows, : g.W]
 
     parallel_map(work, len(g.chunks))

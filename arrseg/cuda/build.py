@@ -15,6 +15,7 @@ never at import.
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
 import re
 
@@ -86,13 +87,21 @@ def _module(device_id, config, filename):
                           options=compile_options(config))
 
 
+# A child made by fork cannot use the parent's CUDA context, so the modules
+# loaded in it are of no use there: the child compiles (or loads from CuPy's
+# disk cache) its own, in its own context, if it can initialise CUDA at all.
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
+    os.register_at_fork(after_in_child=_module.cache_clear)
+
+
 class CupyKernels:
     """The kernels compiled for the current CUDA device, with CuPy (NVRTC).
 
     ``function(config, filename, name)`` returns a ``cupy.RawKernel``, called
     as ``kernel(grid, block, args, shared_mem=0)``. Modules are memoized per
-    (device id, config, file); NVRTC runs at the first launch on a device,
-    and CuPy's disk cache makes later processes skip it.
+    (device id, config, file), and forgotten in a child made by ``fork``;
+    NVRTC runs at the first launch on a device, and CuPy's disk cache makes
+    later processes skip it.
     """
 
     def function(self, config, filename, name):

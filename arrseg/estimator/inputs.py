@@ -16,14 +16,16 @@ from __future__ import annotations
 import numpy as np
 from array_api_compat import array_namespace, is_array_api_obj
 
-from .._backend import device, image_float_dtype, to_numpy
+from .._backend import device, image_float_dtype, refuse_masked, to_numpy
 
 __all__ = ["as_array", "image_groups", "label_groups", "normalisation", "normalise",
            "reshape_out"]
 
 
 def as_array(a, name):
-    """An array API array as is; anything else through numpy.asarray."""
+    """An array API array as is; anything else through numpy.asarray.
+    Masked arrays are refused (:func:`arrseg._backend.refuse_masked`)."""
+    refuse_masked(name, a)
     if is_array_api_obj(a):
         return a
     try:
@@ -116,20 +118,28 @@ def label_groups(labels, groups, form, name="labels"):
 
 
 def _host_labels(labels, name):
+    refuse_masked(name, labels)
     a = to_numpy(labels) if is_array_api_obj(labels) else np.asarray(labels)
     if a.dtype == bool:
         a = a.astype(np.int64)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array of class indices, got "
                         f"dtype {a.dtype}")
+    if a.dtype == np.uint64 and a.size and int(a.max()) > np.iinfo(np.int64).max:
+        # astype(int64) would wrap them to negative values (to ignore_index)
+        raise ValueError(f"{name} holds the value {int(a.max())}, beyond int64: class "
+                         "indices must be small non-negative integers")
     return a.astype(np.int64)
 
 
 def normalisation(groups, xp):
     """Per-channel mean and standard deviation over all pixels.
 
-    Computed on the device in float64, two passes; one read-back of the
-    2 C numbers. Non-finite images are refused here, once per fit.
+    Computed on the device in float64, two passes, on the images divided by
+    a power of two near each channel's largest magnitude: exact, so the
+    result is the unscaled one's, and images near float64's largest value
+    do not overflow the sums of squares. One read-back of the 3 C numbers.
+    Non-finite images are refused here, once per fit.
 
     Returns
     -------
@@ -138,13 +148,23 @@ def normalisation(groups, xp):
     """
     n = sum(int(g.shape[0]) * int(g.shape[2]) * int(g.shape[3]) for g in groups)
     f64 = [xp.astype(g, xp.float64) for g in groups]
-    mean = sum(xp.sum(g, axis=(0, 2, 3)) for g in f64) / n
+    # per-channel scale: 2**floor(log2 max |x|), 1 for an all-zero or
+    # non-finite channel (refused below)
+    top = None
+    for g in f64:
+        m = xp.max(xp.abs(g), axis=(0, 2, 3))
+        top = m if top is None else xp.maximum(top, m)
+    usable = (top > 0) & xp.isfinite(top)
+    power = xp.floor(xp.log2(xp.where(usable, top, xp.ones_like(top))))
+    scale = xp.pow(xp.full_like(top, 2.0), power)
+    unit = [g / scale[:, None, None] for g in f64]          # |entries| < 2
+    mean = sum(xp.sum(g, axis=(0, 2, 3)) for g in unit) / n
     var = sum(xp.sum((g - mean[:, None, None]) ** 2, axis=(0, 2, 3))
-              for g in f64) / n
-    both = to_numpy(xp.stack([mean, var]))
-    mean, std = both[0].astype(np.float64), np.sqrt(both[1])
-    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+              for g in unit) / n
+    both = to_numpy(xp.stack([mean, var, scale]))           # the one read-back
+    if not (np.all(np.isfinite(both[0])) and np.all(np.isfinite(both[1]))):
         raise ValueError("images must be finite, got NaN or inf values")
+    mean, std = both[0] * both[2], np.sqrt(both[1]) * both[2]
     return mean, np.where(std > 0, std, 1.0)
 
 

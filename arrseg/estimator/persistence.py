@@ -2,26 +2,60 @@
 
 The file holds the parameters as arrays and, as JSON metadata, the
 hyper-parameters, the normalisation, the class weights and the training
-record, under ``"estimator": "arrseg.Segmenter"``.
+record, under ``"estimator": "arrseg.Segmenter"``:
+
+=========================  ====================================================
+metadata field             what :func:`load_segmenter` accepts
+=========================  ====================================================
+``hyper_parameters``       an object; the names ``Segmenter`` takes are checked
+                           as ``fit`` checks them (others are ignored, absent
+                           ones take their defaults); ``width`` = k and
+                           ``kernel_size`` = s of ``K`` (k, C, s, s),
+                           ``n_classes`` null or the ``n_classes`` below, a
+                           ``class_weight`` list of ``n_classes`` entries
+``in_channels``            an integer, = C of ``K``
+``n_classes``              an integer >= 2, = n_c of ``W`` (k, n_c)
+``mean``                   C finite numbers
+``std``                    C finite numbers > 0
+``class_weight``           null, or ``n_classes`` finite numbers >= 0
+``n_iter``                 an integer >= 0
+``loss_curve``,            lists of numbers (NaN and infinities allowed: a
+``validation_scores``,     diverged run)
+``validation_loss_curve``
+``validation_score``       a number or null
+=========================  ====================================================
+
+Integers are JSON integers (``true`` is not 1; ``2.0`` is not 2); numbers
+are JSON integers or floats, never booleans or strings. The parameters must
+be finite. Anything else raises :class:`arrseg.model_file.ModelFileError`
+naming the file, the field, what was found and what was expected.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from array_api_compat import is_array_api_obj
 
-from .._backend import to_numpy
+from .. import model_file
+from .._backend import resolve_namespace, to_numpy
+from ..model_file import _show
+from .settings import check_settings
 
-__all__ = ["ESTIMATOR_TAG", "load_segmenter", "save_segmenter"]
+__all__ = ["ESTIMATOR_TAG", "FIELDS", "load_segmenter", "save_segmenter"]
 
 #: The metadata's "estimator" entry of a Segmenter's file.
 ESTIMATOR_TAG = "arrseg.Segmenter"
+#: The metadata fields a Segmenter's file must hold (beside "estimator").
+FIELDS = ("hyper_parameters", "in_channels", "n_classes", "mean", "std",
+          "class_weight", "n_iter", "loss_curve", "validation_scores",
+          "validation_loss_curve", "validation_score")
+_CURVES = ("loss_curve", "validation_scores", "validation_loss_curve")
 
 
 def save_segmenter(est, path):
     """Write the fitted estimator ``est`` to ``path``."""
-    from .. import model_file
-
     hyper = {}
     for name, value in est.get_params().items():
         if is_array_api_obj(value) or isinstance(value, np.ndarray):
@@ -47,36 +81,175 @@ def save_segmenter(est, path):
     model_file.save(path, est.params_, metadata)
 
 
+# -- the metadata's schema ---------------------------------------------------------
+
+class _Invalid(Exception):
+    """A field's value is not what the schema expects; the argument is the
+    message (after the file's name)."""
+
+
+def _invalid(field, found, expected):
+    return _Invalid(f"metadata {field!r} is {_show(found)}, expected {expected}")
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _as_float(v):
+    """A JSON number as a Python float, or None (bool, string, an integer
+    too large for a float, anything else)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return float(v)
+    except OverflowError:
+        return None
+
+
+def _integer(meta, field, minimum, equal=None, why=""):
+    v = meta[field]
+    if not _is_int(v) or v < minimum or (equal is not None and v != equal):
+        if equal is None:
+            expected = f"an integer >= {minimum}"
+        elif equal >= minimum:
+            expected = f"the integer {equal}{why}"
+        else:   # the arrays themselves are out of range
+            expected = f"an integer >= {minimum}, equal to{why.rstrip(')')} = {equal})"
+        raise _invalid(field, v, expected)
+    return v
+
+
+def _numbers(meta, field, *, length=None, low=None, low_open=False, finite=True,
+             why=""):
+    """A list of JSON numbers as Python floats: ``length`` of them, finite,
+    above ``low`` when given."""
+    v = meta[field]
+    floats = [_as_float(x) for x in v] if isinstance(v, list) else None
+    ok = floats is not None and None not in floats
+    ok = ok and (length is None or len(floats) == length)
+    ok = ok and (not finite or all(math.isfinite(x) for x in floats))
+    if ok and low is not None:
+        ok = all(x > low if low_open else x >= low for x in floats)
+    if not ok:
+        what = "finite numbers" if finite else "numbers (NaN and infinities allowed)"
+        if low is not None:
+            what += f" {'>' if low_open else '>='} {low}"
+        count = "a list of" if length is None else f"a list of {length}"
+        raise _invalid(field, v, f"{count} {what}{why}")
+    return floats
+
+
+def _hyper_parameters(cls, meta, params, n_classes):
+    """The estimator of the file's hyper-parameters, checked as ``fit``
+    checks them and against the arrays."""
+    hyper = meta["hyper_parameters"]
+    if not isinstance(hyper, dict):
+        raise _invalid("hyper_parameters", hyper, "a JSON object of Segmenter's "
+                       "hyper-parameters")
+    valid = cls._get_param_names()
+    est = cls(**{k: v for k, v in hyper.items() if k in valid})
+    try:
+        check_settings(est)   # also what check_predict_settings checks
+    except (TypeError, ValueError, OverflowError) as e:
+        message = str(e).removeprefix("Segmenter: ")
+        if len(message) > 300:
+            message = message[:300] + "..."
+        raise _Invalid("metadata 'hyper_parameters' holds a value that Segmenter "
+                       f"refuses: {message}") from None
+    k, _, s, _ = params.K.shape
+    checks = [("width", est.width == k, f"{k} (K.shape[0])"),
+              ("kernel_size", est.kernel_size == s, f"{s} (K.shape[2])"),
+              ("n_classes", est.n_classes in (None, n_classes),
+               f"null or {n_classes} (W.shape[1])")]
+    if isinstance(est.class_weight, list):
+        checks.append(("class_weight", len(est.class_weight) == n_classes,
+                       f"a list of {n_classes} weights (W.shape[1])"))
+    for name, ok, expected in checks:
+        if not ok:
+            absent = "" if name in hyper else " (absent: the default)"
+            raise _invalid(f"hyper_parameters.{name}", getattr(est, name),
+                           f"{expected}{absent}")
+    return est
+
+
+def _fitted(cls, meta, params):
+    """The fitted estimator the metadata and the NumPy ``params`` describe;
+    _Invalid for the first field that is wrong."""
+    C = params.K.shape[1]
+    n_c = params.W.shape[1]
+    in_channels = _integer(meta, "in_channels", 1, C, " (K.shape[1])")
+    n_classes = _integer(meta, "n_classes", 2, n_c, " (W.shape[1])")
+    why = f" (in_channels = K.shape[1] = {C})"
+    mean = _numbers(meta, "mean", length=C, why=why)
+    std = _numbers(meta, "std", length=C, low=0, low_open=True, why=why)
+    class_weight = None
+    if meta["class_weight"] is not None:
+        class_weight = _numbers(meta, "class_weight", length=n_classes, low=0,
+                                why=f" (n_classes = {n_classes}), or null")
+    n_iter = _integer(meta, "n_iter", 0)
+    curves = {name: _numbers(meta, name, finite=False) for name in _CURVES}
+    score = meta["validation_score"]
+    if score is not None:
+        score = _as_float(score)
+        if score is None:
+            raise _invalid("validation_score", meta["validation_score"],
+                           "a number or null")
+    est = _hyper_parameters(cls, meta, params, n_classes)
+    est.in_channels_ = in_channels
+    est.n_classes_ = n_classes
+    est.classes_ = np.arange(n_classes)
+    est.mean_ = np.asarray(mean, dtype=np.float64)
+    est.std_ = np.asarray(std, dtype=np.float64)
+    est.class_weight_ = (None if class_weight is None
+                         else np.asarray(class_weight, dtype=np.float64))
+    est.n_iter_ = n_iter
+    est.loss_curve_ = curves["loss_curve"]
+    est.validation_scores_ = curves["validation_scores"]
+    est.validation_loss_curve_ = curves["validation_loss_curve"]
+    est.validation_score_ = score
+    return est
+
+
 def load_segmenter(cls, path, *, xp=None, device=None):
     """A fitted ``cls`` (a Segmenter class) from a file of :func:`save_segmenter`.
+
+    Every metadata field is checked against the module's schema and against
+    the parameter arrays before the estimator is built.
 
     Raises
     ------
     arrseg.model_file.ModelFileError
-        If the file is not a model file, or was not written by
-        ``Segmenter.save``.
+        If the file is not a model file (see :func:`arrseg.model_file.load`),
+        was not written by ``Segmenter.save``, lacks a field of the schema,
+        holds a field of the wrong type or value or one that disagrees with
+        the arrays, or holds non-finite parameters. The message names the
+        file, the field, what was found and what was expected.
+    TypeError
+        If ``xp`` is not an array namespace.
     """
-    from .. import model_file
+    xp = resolve_namespace(xp)
+    params, meta = model_file.load(path)   # NumPy arrays, checked
 
-    params, meta = model_file.load(path, xp=xp, device=device)
+    def fail(reason):
+        return model_file.ModelFileError(
+            f"cannot load {str(path)!r} as a Segmenter: {reason}")
+
     if meta.get("estimator") != ESTIMATOR_TAG:
-        raise model_file.ModelFileError(
-            f"cannot load {str(path)!r} as a Segmenter: its metadata 'estimator' "
-            f"is {meta.get('estimator')!r}, expected 'arrseg.Segmenter' (it was "
-            "not written by Segmenter.save; use arrseg.model_file.load)")
-    valid = cls._get_param_names()
-    est = cls(**{k: v for k, v in meta["hyper_parameters"].items() if k in valid})
-    est.params_ = params
-    est.in_channels_ = int(meta["in_channels"])
-    est.n_classes_ = int(meta["n_classes"])
-    est.classes_ = np.arange(est.n_classes_)
-    est.mean_ = np.asarray(meta["mean"], dtype=np.float64)
-    est.std_ = np.asarray(meta["std"], dtype=np.float64)
-    est.class_weight_ = (None if meta["class_weight"] is None
-                         else np.asarray(meta["class_weight"], dtype=np.float64))
-    est.n_iter_ = int(meta["n_iter"])
-    est.loss_curve_ = list(meta["loss_curve"])
-    est.validation_scores_ = list(meta["validation_scores"])
-    est.validation_loss_curve_ = list(meta["validation_loss_curve"])
-    est.validation_score_ = meta["validation_score"]
+        raise fail(f"its metadata 'estimator' is {_show(meta.get('estimator'))}, "
+                   "expected 'arrseg.Segmenter' (it was not written by "
+                   "Segmenter.save; use arrseg.model_file.load)")
+    missing = [name for name in FIELDS if name not in meta]
+    if missing:
+        raise fail(f"its metadata lacks the field(s) {missing} that Segmenter.save "
+                   "writes")
+    try:
+        est = _fitted(cls, meta, params)
+    except _Invalid as e:
+        raise fail(e.args[0]) from None
+    for name, a in zip(("K", "b", "W", "c"), params):
+        if a is not None and not np.isfinite(a).all():
+            raise fail(f"params.{name} holds non-finite values (NaN or infinity), "
+                       "expected the finite parameters of a fitted model")
+    est.params_ = model_file._in_namespace(params, xp, device)
     return est

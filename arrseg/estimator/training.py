@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -45,8 +46,9 @@ from ..optim.varpro import VarPro
 from ..tiling import proba_tiled
 from .crops import CropSampler
 
-__all__ = ["Monitor", "Progress", "fit_first_order", "fit_varpro",
-           "mean_iou_of_confusion", "validation_scores"]
+__all__ = ["DivergenceWarning", "Monitor", "Progress", "fit_first_order",
+           "fit_varpro", "keep_best_if_diverged", "mean_iou_of_confusion",
+           "validation_scores"]
 
 
 class Progress:
@@ -70,11 +72,29 @@ class Progress:
         self.stream.flush()
 
 
+class DivergenceWarning(UserWarning):
+    """``Segmenter.fit`` ended with a training loss well above the best it
+    reached (a learning rate too large): the estimator keeps the parameters
+    of the best iteration, and the message says what to change."""
+
+
+#: The training loss diverged when it ends above this multiple of the best
+#: iteration's loss (mini-batch noise stays far below it) ...
+DIVERGENCE_FACTOR = 2.0
+#: ... and training stops early once it exceeds this multiple.
+DIVERGENCE_STOP_FACTOR = 100.0
+
+
 class Monitor:
-    """Convergence and early stopping: counts the iterations in which the
-    training objective (with early stopping: the validation loss) has not
-    fallen below its best value by more than tol; keeps the parameters (and
-    the validation score) of the best value."""
+    """Convergence, early stopping and divergence.
+
+    Counts the iterations in which the training objective (with early
+    stopping: the validation loss) has not fallen below its best value by
+    more than tol; keeps the parameters (and the validation score) of the
+    best value. Apart from that, keeps the parameters of the lowest
+    training loss, to fall back on when training diverges
+    (:func:`keep_best_if_diverged`).
+    """
 
     def __init__(self, settings, have_validation):
         self.uses_validation = settings.early_stopping and have_validation
@@ -82,14 +102,43 @@ class Monitor:
         self.best = None
         self.best_params = self.best_score = None
         self.bad = 0
+        #: (loss, iteration, params) of the lowest training loss
+        self.lowest = None
+        self.iteration = 0
 
     def update(self, loss, val_loss, score, params):
+        self.iteration += 1
+        if self.lowest is None or loss < self.lowest[0]:
+            self.lowest = (loss, self.iteration, params)
         value = val_loss if self.uses_validation else loss
         improved = self.best is None or value < self.best - self.tol
         if self.best is None or value < self.best:
             self.best, self.best_params, self.best_score = value, params, score
         self.bad = 0 if improved else self.bad + 1
-        return self.bad >= self.patience
+        return (self.bad >= self.patience
+                or loss > DIVERGENCE_STOP_FACTOR * self.lowest[0])
+
+
+def keep_best_if_diverged(est, monitor, settings):
+    """After training: if the last training loss is above DIVERGENCE_FACTOR
+    times the lowest, put back the parameters of the lowest and warn."""
+    if monitor.lowest is None or monitor.uses_validation:
+        return
+    lowest, it, params = monitor.lowest
+    last = est.loss_curve_[-1]
+    if not last > DIVERGENCE_FACTOR * lowest:
+        return
+    est.params_ = params
+    if est.validation_scores_:
+        est.validation_score_ = est.validation_scores_[it - 1]
+    rate = ("" if settings.optimizer == "varpro"
+            else f" with learning_rate={settings.learning_rate:g}")
+    warnings.warn(
+        f"Segmenter.fit: the training loss rose from {lowest:.4g} (iteration {it}) "
+        f"to {last:.4g} (iteration {len(est.loss_curve_)}): "
+        f"optimizer={settings.optimizer!r}{rate} diverged. The model keeps the "
+        f"parameters of iteration {it}; try a learning_rate 10 times smaller",
+        DivergenceWarning, stacklevel=3)
 
 
 class Validation:

@@ -10,12 +10,14 @@ that are None (``c`` without a classifier bias) stay None.
 
 from __future__ import annotations
 
+
 import math
 
 import numpy as np
 from array_api_compat import array_namespace
 
 from .._backend import to_numpy
+from ..overflow import NonFiniteError
 from ..params import Params
 from .flat import scalars
 
@@ -98,8 +100,10 @@ def check_learning_rate(value, name="learning_rate"):
     return v
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(NonFiniteError):
     """Training produced a non-finite loss or non-finite parameters.
+
+    A :class:`arrseg.NonFiniteError` (and so a ``FloatingPointError``).
 
     Attributes
     ----------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import NamedTuple
 
 from array_api_compat import is_cupy_namespace
@@ -89,6 +90,12 @@ def _cupy_fused(factory):
     import cupy
 
     return cupy.fuse(factory(cupy))
+
+
+# the fused functions keep kernels compiled in the parent's CUDA context,
+# which a child made by fork cannot use
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
+    os.register_at_fork(after_in_child=_cupy_fused.cache_clear)
 
 
 def elementwise(factory, xp):
