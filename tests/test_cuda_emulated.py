@@ -10,11 +10,13 @@ Skipped only when no C++ compiler is found.
 """
 
 import dataclasses
+import functools
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import array_api_compat.numpy as xp_numpy
@@ -357,6 +359,56 @@ def finish(process):
     return process.returncode, out, err
 
 
+# A sanitized build the way the tests use one (the emulator's flags, loaded
+# through ctypes by a child Python with the runtime preloaded), reduced to one
+# function: if this fails, the machine's compiler or its sanitizer runtime is
+# broken (seen: a g++ without a usable libasan/libtsan), not the kernels.
+_PROBE_SOURCE = """
+extern "C" __attribute__((visibility("default"))) int arrseg_probe(int i)
+{
+    int a[4] = {0, 1, 2, 3};
+    return a[i % 4];
+}
+"""
+
+
+@functools.cache
+def sanitizer_unusable(sanitize):
+    """Why a ``sanitize`` build cannot run here (a str), or None if it can."""
+    cxx = emulation.find_compiler()
+    with tempfile.TemporaryDirectory() as tmp:
+        source, library = pathlib.Path(tmp, "probe.cpp"), pathlib.Path(tmp, "probe.so")
+        source.write_text(_PROBE_SOURCE)
+        load = f"import ctypes; assert ctypes.CDLL({str(library)!r}).arrseg_probe(5) == 1"
+        try:
+            env = dict(os.environ, **emulation.sanitizer_env(sanitize, cxx))
+            steps = [
+                ("compiling", [cxx, *emulation.CXX_FLAGS,
+                               *emulation.SANITIZER_FLAGS[sanitize], str(source),
+                               "-o", str(library)], None),
+                ("running", [sys.executable, "-c", load], env),
+            ]
+            for what, command, step_env in steps:
+                done = subprocess.run(command, capture_output=True, text=True,
+                                      env=step_env, timeout=120)
+                output = (done.stdout + done.stderr).strip()
+                if done.returncode != 0 or "ERROR: ld.so" in output:
+                    return (f"{what} a trivial program with -fsanitize={sanitize} "
+                            f"failed (status {done.returncode}): {output[-500:]}")
+        except (OSError, subprocess.SubprocessError) as error:
+            return f"the {sanitize} sanitizer's runtime is not usable: {error}"
+    return None
+
+
+def require_sanitizers(*names):
+    """Skip the test, with the reason, unless every named sanitizer works."""
+    for name in names:
+        why = sanitizer_unusable(name)
+        if why is not None:
+            pytest.skip(f"{emulation.find_compiler()} cannot build and run a "
+                        f"-fsanitize={name} program on this machine: {why}")
+
+
 SANITIZED_CASES = {
     # the largest float32 configuration (the largest shared arrays; three
     # feature chunks, the last one partial; partial tiles), and periodic
@@ -371,6 +423,7 @@ def test_kernels_clean_under_sanitizers(emulator_cache):
     """AddressSanitizer: no out-of-bounds access (global or __shared__);
     ThreadSanitizer: no data race among a block's threads (no missing
     __syncthreads). The two child processes run side by side."""
+    require_sanitizers(*SANITIZED_CASES)
     processes = {name: start_sanitized(name, cases, emulator_cache)
                  for name, cases in SANITIZED_CASES.items()}
     for name, process in processes.items():
@@ -381,6 +434,7 @@ def test_kernels_clean_under_sanitizers(emulator_cache):
 
 def test_thread_sanitizer_catches_a_missing_syncthreads(tmp_path, emulator_cache):
     """The check above has teeth: remove one barrier, and the race is reported."""
+    require_sanitizers("thread")
     for name in ("common.cuh", *KERNEL_FILES):
         shutil.copy(pathlib.Path(fused.__file__).parent / name, tmp_path / name)
     source = (tmp_path / "fused_backward.cu").read_text()

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import to_xp
 import arrseg
+from arrseg._backend import device
 
 
 @pytest.fixture
@@ -22,6 +23,21 @@ def good(xp, rng):
 def raises(exc, *words):
     """pytest.raises whose message must contain every word (in order)."""
     return pytest.raises(exc, match=".*".join(map(re.escape, words)))
+
+
+def with_value(xp, a, index, value):
+    """A copy of the xp array ``a`` with ``a[index] = value``.
+
+    Built with ``xp.where`` from a mask made on the host, so that it works in
+    every namespace: no conversion of ``a`` to NumPy (which CuPy refuses
+    implicitly) and no item assignment (which array_api_strict and JAX may
+    not allow). ``index`` is a NumPy index, such as ``(1, 2, 3)`` or
+    ``np.s_[0, 0, 0, :2]``.
+    """
+    mask = np.zeros(tuple(a.shape), dtype=bool)
+    mask[index] = True
+    mask = xp.asarray(mask, device=device(a))
+    return xp.where(mask, xp.asarray(value, dtype=a.dtype, device=device(a)), a)
 
 
 def test_wrong_ndim(xp, good):
@@ -72,12 +88,11 @@ def test_label_shape_must_match_images(xp, good):
 @pytest.mark.parametrize("bad_value", [4, -1, 99])
 def test_labels_outside_the_classes(xp, good, bad_value):
     x, y, p = good
-    y = np.array(y if not hasattr(y, "detach") else y.numpy())
-    y[1, 2, 3] = bad_value
+    y = with_value(xp, y, (1, 2, 3), bad_value)
     with raises(ValueError, "labels must be class indices in [0, 4)", f"[{bad_value}]"):
-        arrseg.loss_and_grad(x, to_xp(xp, y), p)
+        arrseg.loss_and_grad(x, y, p)
     # the same value is accepted as the ignore label
-    arrseg.loss_and_grad(x, to_xp(xp, y), p, ignore_index=bad_value)
+    arrseg.loss_and_grad(x, y, p, ignore_index=bad_value)
 
 
 def test_labels_must_be_integers(xp, good):
@@ -108,10 +123,8 @@ def test_bad_class_weight(xp, good, weight, error, words):
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_parameters(xp, good, field, value):
     x, y, p = good
-    a = np.array(getattr(p, field) if not hasattr(p.K, "detach")
-                 else getattr(p, field).numpy())
-    a.flat[0] = value
-    bad = p._replace(**{field: to_xp(xp, a)})
+    a = getattr(p, field)
+    bad = p._replace(**{field: with_value(xp, a, (0,) * a.ndim, value)})
     with raises(ValueError, f"params.{field} must be finite", "1 non-finite"):
         arrseg.predict_proba(x, bad)
     with raises(ValueError, f"params.{field} must be finite"):
@@ -120,10 +133,9 @@ def test_non_finite_parameters(xp, good, field, value):
 
 def test_non_finite_images(xp, good):
     x, _, p = good
-    x = np.array(x if not hasattr(x, "detach") else x.numpy())
-    x[0, 0, 0, :2] = np.nan
+    x = with_value(xp, x, np.s_[0, 0, 0, :2], np.nan)
     with raises(ValueError, "x must be finite", "2 non-finite"):
-        arrseg.predict_proba(to_xp(xp, x), p)
+        arrseg.predict_proba(x, p)
 
 
 @pytest.mark.skip_xp_backends("numpy", reason="mixes numpy with another namespace")

@@ -5,6 +5,44 @@ This module is the one place for the kernels' limits (:data:`MAX_KERNEL_SIZE`,
 their shared-memory budget and the ``-D`` options of a build
 (:meth:`KernelConfig.defines`); the ``.cu`` files' ``#ifndef`` defaults are
 only for compiling a file alone. It imports neither CuPy nor a compiler.
+
+32-bit indices
+--------------
+The kernels index with ``int`` where a value fits, and :func:`supports`
+refuses every shape for which one of these ``int`` expressions could pass
+``INT32_MAX`` = 2**31 - 1 (``P = s // 2``, ``G`` the blocks of a launch;
+with ``MAX_FORWARD_BLOCKS = 2**31 - 1`` the forward kernel's G binds):
+
+- ``t += gridDim.x``, the tile loop of both kernels (the sum is unsigned,
+  stored to ``int t``): at most ``n_tiles - 1 + G`` with ``G = min(n_tiles,
+  MAX_*_BLOCKS)``, so ``n_tiles <= 2**31 - min(Gmax, 2**30)`` = 2**30
+  (Gmax: the larger of MAX_FORWARD_BLOCKS and MAX_PARTIAL_BLOCKS);
+- ``tile.n * C + j`` (common.cuh, ``load_tile``; x's planes): at most
+  ``N * C - 1``, so ``N * C <= 2**31``;
+- ``tile.n * NC + c`` (fused_forward.cu; P's planes): at most
+  ``N * n_c - 1``, so ``N * n_c <= 2**31``;
+- the halo row ``tile.h0 - P + r`` (``load_tile``), the pixel row
+  ``tile.h0 + ty`` and the argument ``int H``: at most ``tiles_y * TILE_H +
+  P - 1``, so ``H <= (2**31 - P) // TILE_H * TILE_H`` (2**31 - 8 for
+  s >= 3) and ``H <= 2**31 - 1``;
+- the same for columns: ``W <= (2**31 - P) // TILE_W * TILE_W``
+  (2**31 - 16 for s >= 3).
+
+The launch arguments ``np.int32(H, W, tiles_x, tiles_y, n_tiles)`` are then
+in range too. No bound is needed for what is 64-bit or fixed:
+
+- element offsets into x, P and the labels are widened to ``long long``
+  before the multiplications by H and W (so ``N*C*H*W``, ``N*n_c*H*W`` and
+  ``N*H*W`` are unbounded here), and so is the workspace row offset
+  ``(long long)blockIdx.x * PARTIAL_LEN``; check_values.cu counts in
+  ``long long``;
+- the workspace (``G x L`` values, ``G <= MAX_PARTIAL_BLOCKS``) has at most
+  512 x 13 650 = 6 988 800 entries, and the reduction's ``int`` output index
+  is below ``L`` + :data:`REDUCE_THREADS`: constants of the compile-time
+  limits (L = :func:`partial_length` at k = 64, C = 4, s = 7, n_c = 16),
+  checked by tests/test_cuda_limits.py;
+- the loops over shared memory and parameters stay below ``C * HALO_H *
+  HALO_W``, ``KC * C * s * s`` and ``K * n_c``.
 """
 
 from __future__ import annotations
@@ -218,9 +256,37 @@ def supports(x_shape, K_shape, n_classes, dtype):
     for ok, reason in checks:
         if not ok:
             return False, reason
+    return _check_32_bit_indices(N, C, H, W, s // 2, int(n_classes))
+
+
+def _largest_extent(tile, P):
+    """Largest H (tile = TILE_H) or W (TILE_W) whose halo index, at most
+    ceil(H / tile) * tile + P - 1, and H itself fit a 32-bit int."""
+    return min(_INT32_MAX, (_INT32_MAX + 1 - P) // tile * tile)
+
+
+def _check_32_bit_indices(N, C, H, W, P, n_c):
+    """The bounds of the module docstring's table: (ok, reason)."""
+    limit = "the fused kernels' 32-bit limit of"
+    for name, size, tile in (("H", H, TILE_H), ("W", W, TILE_W)):
+        most = _largest_extent(tile, P)
+        if size > most:
+            return False, (f"{name} = {size} pixels is above {limit} {most} for "
+                           f"s = {2 * P + 1} (the halo index of a {TILE_H} x "
+                           f"{TILE_W} tile is a 32-bit int)")
     tiles_y, tiles_x = tiles(H, W)
-    if N * tiles_y * tiles_x > _INT32_MAX or max(H, W) > _INT32_MAX - TILE_W:
-        return False, f"x of shape {tuple(x_shape)} has more tiles than a 32-bit index"
+    n_tiles = N * tiles_y * tiles_x
+    most = _INT32_MAX + 1 - min(max(MAX_FORWARD_BLOCKS, MAX_PARTIAL_BLOCKS), 2**30)
+    if n_tiles > most:
+        return False, (f"n_tiles = N * tiles_y * tiles_x = {N} * {tiles_y} * {tiles_x} "
+                       f"= {n_tiles} tiles of {TILE_H} x {TILE_W} pixels is above "
+                       f"{limit} {most} (the tile loop's t + gridDim.x is a 32-bit int)")
+    for what, count, expression in (("C", C, "tile.n * C + j"),
+                                    ("n_c", n_c, "tile.n * NC + c")):
+        if N * count > _INT32_MAX + 1:
+            return False, (f"N * {what} = {N} * {count} = {N * count} is above "
+                           f"{limit} 2**31 = {_INT32_MAX + 1} (the index "
+                           f"{expression} is a 32-bit int)")
     return True, ""
 
 
