@@ -5,9 +5,11 @@ else ctypes on the ``libnvrtc`` of the ``nvidia-cuda-nvrtc`` wheel, else nvcc)
 compiles the sources exactly as ``arrseg.cuda.build.CupyKernels`` has CuPy do
 (the inlined text of :func:`kernel_source`, the configuration's ``-D``
 options, and the options CuPy adds) to cubins for sm_75, sm_80, sm_90 and
-sm_100. The log must hold nothing but ptxas's own ``-v`` report, which must
-show no spilling. A separate test runs ``nvcc -cubin -Xptxas -v`` on the
-largest configuration. Skipped only when no compiler is found.
+sm_100, with ptxas's ``-warn-lmem-usage`` and ``-warn-spills``. The log must
+hold nothing but ptxas's own ``-v`` report (a ptxas warning, such as local
+memory use or a spill, fails the test), which must show no stack frame and no
+spilling. A separate test runs ``nvcc -cubin -Xptxas -v`` on the largest
+configuration. Skipped only when no compiler is found.
 
 Configurations: every (architecture, dtype) at the largest configuration
 (s = 7, C = 4, k = 64, n_c = 16), then rows chosen greedily until every pair
@@ -245,8 +247,15 @@ def compiler():
     return found
 
 
+#: ptxas warns of any local memory (a stack frame: spills, or an array that
+#: lives in local memory) and of any spill; NVRTC and nvcc both take one ptxas
+#: option per ``-Xptxas`` (NVRTC 13 refuses a comma-separated list)
+PTXAS_WARNINGS = ("-Xptxas", "-warn-lmem-usage", "-Xptxas", "-warn-spills")
+
+
 def options_for(compiler, config, arch, verbose=True):
-    opts = [*config.defines(), f"-arch={arch}"] + (["-Xptxas", "-v"] if verbose else [])
+    opts = [*config.defines(), f"-arch={arch}", *PTXAS_WARNINGS]
+    opts += ["-Xptxas", "-v"] if verbose else []
     if isinstance(compiler, Nvcc):
         return opts + ["-ftz=true"]
     return opts + list(CUPY_OPTIONS)
@@ -256,13 +265,15 @@ def options_for(compiler, config, arch, verbose=True):
 # frame, ..." from NVRTC, "    0 bytes stack frame, ..." from nvcc
 _PTXAS_LINE = re.compile(r"^(ptxas(\s+info\s*:|\s+\.)|\s+\d+ bytes stack frame)")
 _FUNCTION = re.compile(r"Compiling entry function '(\w+)'")
-_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                     r"(\d+) bytes spill loads")
 _REGISTERS = re.compile(r"Used (\d+) registers")
 
 
 def ptxas_report(log):
-    """{kernel: (registers, spill store bytes, spill load bytes)} from a -v log,
-    and the lines that are not ptxas's report (warnings, if any)."""
+    """{kernel: (registers, stack frame bytes, spill store bytes, spill load
+    bytes)} from a -v log, and the lines that are not ptxas's report
+    (warnings, if any)."""
     report, others, current = {}, [], None
     for line in log.splitlines():
         if not line.strip():
@@ -272,9 +283,9 @@ def ptxas_report(log):
             continue
         if m := _FUNCTION.search(line):
             current = m.group(1)
-            report[current] = [None, None, None]
+            report[current] = [None, None, None, None]
         elif (m := _SPILLS.search(line)) and current:
-            report[current][1:] = int(m.group(1)), int(m.group(2))
+            report[current][1:] = int(m.group(1)), int(m.group(2)), int(m.group(3))
         elif (m := _REGISTERS.search(line)) and current:
             report[current][0] = int(m.group(1))
     return {k: tuple(v) for k, v in report.items()}, others
@@ -293,8 +304,8 @@ def test_kernels_compile_cleanly_without_spills(compiler, row):
         assert others == [], f"{filename} ({compiler.name}):\n{log}"
         assert len(cubin) > 0
         assert set(report) == set(kernels), log
-        for kernel, (registers, stores, loads) in report.items():
-            assert (stores, loads) == (0, 0), f"{kernel} spills: {log}"
+        for kernel, (registers, stack, stores, loads) in report.items():
+            assert (stack, stores, loads) == (0, 0, 0), f"{kernel} uses local memory: {log}"
             assert registers <= 65536 // (limits.THREADS * limits.MIN_BLOCKS)
 
 
@@ -307,6 +318,33 @@ def test_log_is_empty_without_verbose_ptxas(compiler, row):
                                       options_for(compiler, config, row["arch"],
                                                   verbose=False))
         assert log == "" and len(cubin) > 0, log
+
+
+#: a kernel whose array, indexed at run time, must live in local memory
+_LOCAL_MEMORY_PROBE = r"""
+extern "C" __global__ void arrseg_lmem_probe(float *d_p, int i, int n)
+{
+    float a[64];
+    for (int j = 0; j < 64; ++j) a[j] = d_p[j];
+    for (int j = 0; j < n; ++j) a[(i * j) & 63] += d_p[j];
+    d_p[0] = a[i & 63] + a[(i * 7) & 63];
+}
+"""
+
+
+def test_ptxas_warnings_are_on(compiler):
+    """The options make ptxas report local memory: a kernel that uses some
+    fails the checks above (its warning is a line outside the report, and its
+    stack frame is not 0)."""
+    if isinstance(compiler, Nvcc):
+        pytest.skip("nvcc compiles the package's files, not a string")
+    config = config_of(ROWS[0])
+    log, _ = compiler.compile(_LOCAL_MEMORY_PROBE, "probe.cu",
+                              options_for(compiler, config, "sm_90"))
+    report, others = ptxas_report(log)
+    assert any("Local memory used" in line and "arrseg_lmem_probe" in line
+               for line in others), log
+    assert report["arrseg_lmem_probe"][1] > 0, log
 
 
 def test_sweep_covers_every_pair_and_the_maxima():
@@ -345,8 +383,8 @@ def test_ptxas_on_the_largest_configuration(dtype, record_property):
         report, others = ptxas_report(log)
         assert others == [], log
         found.update(report)
-    for kernel, (registers, stores, loads) in found.items():
-        assert (stores, loads) == (0, 0), (kernel, found)
+    for kernel, (registers, stack, stores, loads) in found.items():
+        assert (stack, stores, loads) == (0, 0, 0), (kernel, found)
         assert registers <= 65536 // (limits.THREADS * limits.MIN_BLOCKS)
-    for kernel, (registers, _, _) in found.items():
+    for kernel, (registers, _, _, _) in found.items():
         record_property(f"{kernel}_registers_sm_90_{dtype}", registers)

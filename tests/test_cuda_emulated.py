@@ -248,8 +248,9 @@ def test_launches_grid_types_and_workspace(kernels):
     assert b.args[13] == ("array", "float64", (1, L))  # workspace (G, L)
 
     (r,) = red.launches
-    assert r.grid == (-(-L // limits.REDUCE_THREADS), 1, 1)
-    assert r.block == (limits.REDUCE_THREADS, 1, 1)
+    g = fused.geometry(cfg, 1, 7, 5)
+    assert r.grid == (g.reduce_blocks, 1, 1) and r.block == (g.reduce_threads, 1, 1)
+    assert g.reduce_blocks == fused.reduction_grid(L, fused.EMULATED_SM_COUNT)[0]
     assert r.args == (("array", "float64", (1, L)), ("scalar", "int32", 1),
                       ("array", "float64", (L,)))
 
@@ -263,7 +264,8 @@ def test_geometry_for_sizes_that_are_not_multiples_of_the_tile():
         assert g.backward_blocks == min(g.n_tiles, limits.MAX_PARTIAL_BLOCKS)
     g = fused.geometry(cfg, 64, 1024, 1024)
     assert g.n_tiles == 64 * 128 * 64 and g.backward_blocks == limits.MAX_PARTIAL_BLOCKS
-    assert g.reduce_blocks == -(-g.partial_length // limits.REDUCE_THREADS)
+    assert g.reduce_blocks == fused.reduction_grid(g.partial_length,
+                                                   fused.EMULATED_SM_COUNT)[0]
 
 
 def test_stand_in_refuses_inexact_argument_types(kernels):

@@ -8,7 +8,9 @@
 #      modules the checks need are importable                            -> env.log
 #   3. the CuPy tests: pytest -k "$PYTEST_K"                             -> pytest.log
 #   4. public API vs raw fused launchers: tools/gpu_timings.py           -> timings.log, .json
-#   5. compute-sanitizer memcheck, then racecheck, on a tiny fused run   -> sanitizer.log
+#   5. compute-sanitizer memcheck, racecheck, synccheck, initcheck,
+#      on a tiny fused run                                           -> sanitizer.log
+#   5b. ncu SpeedOfLight, Occupancy, LaunchStats, seed configuration -> ncu.log
 #   6. asv --quick over "$ASV_BENCH" (when asv is importable)            -> asv.log
 #   7. the summary table (tools/gpu_table.py), printed last              -> summary.txt
 #
@@ -23,7 +25,7 @@
 # On the device machine (the call's carry names .whl when wheels were fetched):
 #   bash tools/gpu_check.sh
 # Knobs (environment): PYTHON (default python3), GPU_CHECK_BUDGET,
-#   GPU_CHECK_SKIP (space-separated among: env wheels pytest timings sanitizer asv),
+#   GPU_CHECK_SKIP (space-separated among: env wheels pytest timings sanitizer ncu asv),
 #   PYTEST_K, PYTEST_WORKERS (pytest-xdist workers when installed, default 4; 0: none),
 #   TIMINGS_ARGS (e.g. --quick), ASV_BENCH (default "Fused|PublicGPU").
 set -u -o pipefail
@@ -48,7 +50,7 @@ SITE=/tmp/site
 START=$SECONDS
 
 mkdir -p "$LOGS" || exit 2
-for f in env.log pytest.log timings.log timings.json sanitizer.log asv.log summary.txt; do
+for f in env.log pytest.log timings.log timings.json sanitizer.log ncu.log asv.log summary.txt; do
     rm -f "$LOGS/$f"
 done
 
@@ -203,17 +205,42 @@ for dtype, width, s in (("float32", 32, 3), ("float64", 8, 5)):
 print("SNIPPET OK")
 EOF
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
-for tool in memcheck racecheck; do
+for tool in memcheck racecheck synccheck initcheck; do
     if [[ -z $SANITIZER ]]; then
         printf '### compute-sanitizer %s: compute-sanitizer: command not found\n### exit 127\n' \
             "$tool" >>"$LOGS/sanitizer.log"
         printf '%-28s skipped (not installed)\n' "compute-sanitizer $tool"
         continue
     fi
-    run_step sanitizer "compute-sanitizer $tool" 90 "$LOGS/sanitizer.log" \
+    run_step sanitizer "compute-sanitizer $tool" 60 "$LOGS/sanitizer.log" \
         "$SANITIZER" --tool "$tool" --error-exitcode 99 --target-processes all "$PY" "$SNIPPET"
 done
 rm -f "$SNIPPET"
+
+# --- 5b. ncu on the seed configuration (N=8, C=3, 256^2, k=32, n_c=4, s=3) -------
+NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+SEED_RUN=$(mktemp /tmp/arrseg_ncu_XXXXXX.py)
+cat >"$SEED_RUN" <<'EOF'
+import cupy
+import arrseg
+
+x, y = arrseg.data.make_shapes(n_images=8, size=256, n_classes=4, seed=0, xp=cupy)
+params = arrseg.init_params(3, 32, 4, 3, seed=0, xp=cupy)
+for _ in range(2):  # the second call is the one to read (warm caches, compiled)
+    arrseg.predict_proba(x, params, method="fused")
+    arrseg.loss_and_grad(x, y, params, method="fused")
+cupy.cuda.get_current_stream().synchronize()
+EOF
+if [[ -n $NCU ]]; then
+    run_step ncu "ncu (seed configuration)" 120 "$LOGS/ncu.log" \
+        "$NCU" --section SpeedOfLight --section Occupancy --section LaunchStats \
+        -k 'regex:arrseg_(fused_forward|fused_backward|reduce_partials)' \
+        "$PY" "$SEED_RUN"
+else
+    echo "### skipped: ncu is not installed" >>"$LOGS/ncu.log"
+    printf '%-28s skipped (not installed)\n' "ncu"
+fi
+rm -f "$SEED_RUN"
 
 # --- 6. asv --quick ------------------------------------------------------------
 if "$PY" -c "import asv, asv_runner" 2>/dev/null; then

@@ -162,6 +162,8 @@ struct Tile {
     int n, h0, w0;  // image, first row, first column
 };
 
+// t < n_tiles <= 2^31 - 1 (the kernels' grid-stride counters are unsigned, so
+// that t + gridDim.x cannot overflow; inside the loop t fits an int).
 __device__ __forceinline__ Tile tile_of(int t, int tiles_x, int tiles_y)
 {
     Tile tile;

@@ -34,7 +34,17 @@ __all__ = [
     "fused_forward",
     "fused_loss_and_grad",
     "geometry",
+    "reduction_grid",
+    "sm_count",
 ]
+
+#: SMs assumed where there is no device to ask (the CPU emulator): an H200's.
+EMULATED_SM_COUNT = 132
+#: Row lanes of arrseg_reduce_partials (RED_ROWS of fused_backward.cu): the
+#: threads that share one output value.
+REDUCE_ROW_LANES = 32
+#: Most outputs per block of the reduction (RED_MAX_OB): 8 x 32 = 256 threads.
+REDUCE_MAX_OUTPUTS_PER_BLOCK = 8
 
 _default = None
 
@@ -60,30 +70,75 @@ class Geometry(NamedTuple):
     forward_blocks: int
     #: blocks of the backward kernel = rows of the workspace
     backward_blocks: int
-    #: blocks of the reduction kernel
+    #: blocks of the reduction kernel (at least the SM count)
     reduce_blocks: int
+    #: threads per block of the reduction kernel (32 per output of a block)
+    reduce_threads: int
     #: length of one workspace row (and of the reduced output)
     partial_length: int
 
 
-def geometry(config, N, H, W):
+def sm_count(x):
+    """Streaming multiprocessors of the device x lives on.
+
+    CuPy's ``MultiProcessorCount`` of the current device for a CuPy array;
+    :data:`EMULATED_SM_COUNT` for a NumPy array (the CPU emulator).
+    """
+    if is_cupy_array(x):
+        import cupy
+
+        return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+    return EMULATED_SM_COUNT
+
+
+def reduction_grid(partial_length, sm_count):
+    """(blocks, threads per block) of ``arrseg_reduce_partials``.
+
+    A block has 32 threads per output (row lanes) and handles OB outputs at a
+    time, OB the largest of 8, 4, 2, 1 that still gives at least one block
+    per SM: ``ceil(partial_length / OB) >= sm_count``. Only when there are
+    fewer outputs than SMs (a tiny model) is the grid padded to ``sm_count``
+    blocks, the extra ones returning at once, so that ``blocks >= sm_count``
+    always. The summation order does not depend on OB or on the grid.
+
+    Examples
+    --------
+    >>> reduction_grid(1030, 132)  # the seed configuration on an H200
+    (258, 128)
+    >>> reduction_grid(6, 132)
+    (132, 32)
+    """
+    if partial_length < 1 or sm_count < 1:
+        raise ValueError(f"partial_length and sm_count must be >= 1, got "
+                         f"{partial_length} and {sm_count}")
+    per_block = REDUCE_MAX_OUTPUTS_PER_BLOCK
+    while per_block > 1 and -(-partial_length // per_block) < sm_count:
+        per_block //= 2
+    blocks = max(-(-partial_length // per_block), sm_count)
+    return blocks, REDUCE_ROW_LANES * per_block
+
+
+def geometry(config, N, H, W, sm_count=EMULATED_SM_COUNT):
     """Grid sizes and workspace size for images of N x H x W pixels.
 
     One block per TILE_H x TILE_W tile in the forward kernel (the last tile
     row and column may stick out of the image); at most
     :data:`~arrseg.cuda.limits.MAX_PARTIAL_BLOCKS` blocks in the backward
-    kernel, each looping over every G-th tile.
+    kernel, each looping over every G-th tile; the reduction's grid from
+    :func:`reduction_grid` for a device of ``sm_count`` SMs.
     """
     tiles_y, tiles_x = limits.tiles(H, W)
     n_tiles = N * tiles_y * tiles_x
     length = config.partial_length
+    reduce_blocks, reduce_threads = reduction_grid(length, sm_count)
     return Geometry(
         tiles_x=tiles_x,
         tiles_y=tiles_y,
         n_tiles=n_tiles,
         forward_blocks=min(n_tiles, limits.MAX_FORWARD_BLOCKS),
         backward_blocks=min(n_tiles, limits.MAX_PARTIAL_BLOCKS),
-        reduce_blocks=-(-length // limits.REDUCE_THREADS),
+        reduce_blocks=reduce_blocks,
+        reduce_threads=reduce_threads,
         partial_length=length,
     )
 
@@ -202,7 +257,7 @@ def fused_loss_and_grad(x, labels, params, activation, boundary, class_weight,
         xp, config, (x, K, b, W, c), kernels = _prepare(x, params, activation, boundary,
                                                         kernels)
         N, _, H, W_ = x.shape
-        g = geometry(config, N, H, W_)
+        g = geometry(config, N, H, W_, sm_count(x))
         labels = xp.ascontiguousarray(labels, dtype=xp.int64)
         class_weight = _contiguous(xp, class_weight, x.dtype)
         partials = xp.empty((g.backward_blocks, g.partial_length), dtype=x.dtype)
@@ -215,7 +270,7 @@ def fused_loss_and_grad(x, labels, params, activation, boundary, class_weight,
                   np.int32(g.n_tiles), partials),
                  shared_mem=0)
         reduce = kernels.function(config, "fused_backward.cu", "arrseg_reduce_partials")
-        reduce((g.reduce_blocks, 1, 1), (limits.REDUCE_THREADS, 1, 1),
+        reduce((g.reduce_blocks, 1, 1), (g.reduce_threads, 1, 1),
                (partials, np.int32(g.backward_blocks), out),
                shared_mem=0)
 

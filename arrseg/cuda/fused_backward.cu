@@ -17,9 +17,11 @@
 //                           pixels, a fixed number G of blocks each looping
 //                           over tiles t = blockIdx.x + m G in order; a block's
 //                           sums go to its own row of the workspace (no atomics)
-//   arrseg_reduce_partials  one thread per output value; sums the G rows of
-//                           the workspace in a fixed order (16 interleaved
-//                           partial sums) and divides by the denominator
+//   arrseg_reduce_partials  32 threads per output value, a block per group of
+//                           1..8 outputs (at least one block per SM); each
+//                           thread sums every 32nd row of the workspace in
+//                           order, a fixed shared-memory tree adds the 32, and
+//                           the sum is divided by the denominator
 // Both stages fix their order of summation, so a step is bit-for-bit the same
 // from run to run on one GPU (cuDNN's weight gradient, with atomics, is not).
 //
@@ -61,7 +63,32 @@ constexpr int DK_TASKS = NG * C * S;     // task (group, j, a): IB x S outputs o
 constexpr int DW_TASKS = NG * NC;        // task (group, c): IB outputs of dW
 constexpr int DB_TASKS = NG;             // task (group): IB outputs of db
 constexpr bool ONE_CHUNK = (N_CHUNKS == 1);
-constexpr int RED_LANES = 16;            // independent partial sums per output in the reduction
+
+// Which thread does which task. A task's slot v goes to thread v mod THREADS,
+// in the order: the dK tasks at [0, DK_TASKS) from warp 0 up, then on the
+// next warp boundary the db tasks and the tile's loss, denominator and dc
+// (2 + NC tasks); in the Y1 phase the dW tasks at [0, DW_TASKS), but with the
+// warps counted from the last one down. So at the seed configuration
+// (THREADS = 128, k = 32 in one chunk of float32: 72 dK, 8 db, 6 loss/dc and
+// 32 dW tasks) warps 0-2 take the dK tasks and warp 3 the dW, db and loss/dc
+// tasks, instead of warp 0 taking dW, dK and loss/dc (task u -> thread u).
+// Only with a single chunk: with several, the kernel sits at the 128-register
+// cap of __launch_bounds__(THREADS, 4) and the extra live slot index made
+// ptxas spill (float64, s = 7, C = 4, k = 64, n_c = 16 on sm_90), so there
+// the dW and dK tasks keep task u -> thread u.
+constexpr int WARP = 32;
+constexpr bool BALANCED = ONE_CHUNK;
+constexpr int DK_END = BALANCED ? (DK_TASKS + WARP - 1) / WARP * WARP : DK_TASKS;
+constexpr int DB_BEGIN = DK_END;
+constexpr int LOSS_BEGIN = DB_BEGIN + DB_TASKS;
+constexpr int LOSS_END = LOSS_BEGIN + 2 + NC;
+
+// the smallest slot v >= begin that thread `first` of a phase handles
+// (v = first mod THREADS)
+__device__ __forceinline__ int first_slot(int first, int begin)
+{
+    return first >= begin ? first : first + (begin - first + THREADS - 1) / THREADS * THREADS;
+}
 
 // partial[o] = value (first tile of the block) or partial[o] += value
 __device__ __forceinline__ void accumulate(real_t *slot, int o, real_t value, bool first)
@@ -112,11 +139,14 @@ arrseg_fused_backward(const real_t *__restrict__ d_x,          // (N, C, H, W)
 
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int tid = ty * TILE_W + tx;
+    // the first slot of this thread in the Y1 phase: warps in reverse order
+    const int slot_y1 = (BALANCED && THREADS % WARP == 0)
+                            ? (THREADS / WARP - 1 - tid / WARP) * WARP + tid % WARP : tid;
     real_t *slot = d_partials + (long long)blockIdx.x * PARTIAL_LEN;
     bool first = true;
 
-    for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
-        const Tile tile = tile_of(t, tiles_x, tiles_y);
+    for (unsigned int t = blockIdx.x; t < (unsigned int)n_tiles; t += gridDim.x) {
+        const Tile tile = tile_of((int)t, tiles_x, tiles_y);
         const int h = tile.h0 + ty, w = tile.w0 + tx;
         __syncthreads();  // the previous tile's readers of shared memory are done
         load_tile(xs, d_x, tile, H, W, tid);
@@ -203,9 +233,9 @@ arrseg_fused_backward(const real_t *__restrict__ d_x,          // (N, C, H, W)
                 }
                 __syncthreads();  // V_s = Y1; dS_s = dS', loss_s complete
 
-                // dW = Y1 dS'^T
-                for (int u = tid; u < DW_TASKS; u += THREADS) {
-                    const int g = u / NC, c = u % NC;
+                // dW = Y1 dS'^T, on the warps from the last one down
+                for (int v = first_slot(slot_y1, 0); v < DW_TASKS; v += THREADS) {
+                    const int g = v / NC, c = v % NC;
                     real_t acc[IB] = {};
                     ARRSEG_UNROLL_BY(4)
                     for (int p = 0; p < THREADS; ++p) {
@@ -237,11 +267,12 @@ arrseg_fused_backward(const real_t *__restrict__ d_x,          // (N, C, H, W)
                 // dK: the GEMM dZ (KC x pixels) times the patches (pixels x CSS),
                 // read from the tile in shared memory. Task (g, j, a) sums IB x S
                 // outputs dK[g IB + ii, j, a, 0..S-1] over the tile's pixels, row
-                // by row, sliding a window of S input values along the row. Then
-                // db = sum of dZ.
-                for (int u = tid; u < DK_TASKS + DB_TASKS; u += THREADS) {
-                    if (u < DK_TASKS) {
-                        const int g = u / (C * S), j = (u / S) % C, a = u % S;
+                // by row, sliding a window of S input values along the row.
+                // Slots [0, DK_TASKS), from warp 0 up; then db = sum of dZ at
+                // slots [DB_BEGIN, DB_BEGIN + DB_TASKS), on the next warp.
+                for (int v = tid; v < DB_BEGIN + DB_TASKS; v += THREADS) {
+                    if (v < DK_TASKS) {
+                        const int g = v / (C * S), j = (v / S) % C, a = v % S;
                         real_t acc[IB][S] = {};
                         ARRSEG_NO_UNROLL
                         for (int py = 0; py < TILE_H; ++py) {
@@ -269,15 +300,15 @@ arrseg_fused_backward(const real_t *__restrict__ d_x,          // (N, C, H, W)
                         ARRSEG_UNROLL
                         for (int ii = 0; ii < IB; ++ii) {
                             const int i = g * IB + ii;
-                            if (i < KC && k0 + i < K) {
-                                ARRSEG_UNROLL
-                                for (int b = 0; b < S; ++b)
+                            ARRSEG_UNROLL
+                            for (int b = 0; b < S; ++b) {
+                                if (i < KC && k0 + i < K)
                                     accumulate(slot, OFF_DK + (k0 + i) * CSS + (j * S + a) * S + b,
                                                acc[ii][b], first);
                             }
                         }
-                    } else {
-                        const int g = u - DK_TASKS;
+                    } else if (v >= DB_BEGIN) {
+                        const int g = v - DB_BEGIN;
                         real_t acc[IB] = {};
                         ARRSEG_UNROLL_BY(4)
                         for (int p = 0; p < THREADS; ++p) {
@@ -297,8 +328,10 @@ arrseg_fused_backward(const real_t *__restrict__ d_x,          // (N, C, H, W)
         }
 
         // the tile's loss numerator, denominator and dc (dS_s and loss_s are
-        // unchanged since the last barrier)
-        for (int u = tid; u < 2 + NC; u += THREADS) {
+        // unchanged since the last barrier): slots [LOSS_BEGIN, LOSS_END),
+        // next to the db tasks
+        for (int v = first_slot(tid, LOSS_BEGIN); v < LOSS_END; v += THREADS) {
+            const int u = v - LOSS_BEGIN;
             real_t acc = real_t(0);
             if (u < 2) {
                 ARRSEG_UNROLL_BY(4)
@@ -323,39 +356,72 @@ arrseg_fused_backward(const real_t *__restrict__ d_x,          // (N, C, H, W)
 #endif
 }
 
-// grid: ceil(PARTIAL_LEN / blockDim.x) blocks of any size; one thread per
-// output. d_out[o] = sum_g d_partials[g, o] / sum_g d_partials[g, 1], in
-// double, in a fixed order: RED_LANES independent partial sums (lane r takes
-// rows g = r, r + RED_LANES, ..., in order), so that RED_LANES loads per
-// thread are in flight at once, then added in the order r = 0, 1, ...
-// d_out[1] is the denominator itself. No barrier, no atomic.
-extern "C" __global__ void
+// grid: any number of blocks (fused.reduction_grid: at least the device's SM
+// count); block: RED_ROWS x OB threads, OB = blockDim.x / RED_ROWS in
+// 1..RED_MAX_OB. Thread t of a block takes output lane x = t % OB (consecutive
+// threads, consecutive outputs: a warp reads 32 / OB rows of OB contiguous
+// values) and row lane y = t / OB. A block loops over groups of OB outputs,
+// q = blockIdx.x, blockIdx.x + gridDim.x, ...; for output o = q OB + x, row
+// lane y sums rows g = y, y + RED_ROWS, ... in order, in double; the RED_ROWS
+// row lanes are then added by a fixed pairwise tree in shared memory
+// (stride 16, 8, 4, 2, 1), and row lane 0 divides by the denominator, which
+// every block sums in the same order (so the same bits in every block). The
+// order depends on G and o only, not on the grid, the block or the device:
+// the result is the same bit for bit from run to run. No atomic.
+// d_out[o] = sum_g d_partials[g, o] / sum_g d_partials[g, 1]; d_out[1] is the
+// denominator itself (all 0 when it is 0).
+constexpr int RED_ROWS = 32;    // row lanes: independent sums per output
+constexpr int RED_MAX_OB = 8;   // most outputs per block group (256 threads)
+
+extern "C" __global__ void __launch_bounds__(RED_ROWS * RED_MAX_OB)
 arrseg_reduce_partials(const real_t *__restrict__ d_partials,  // (G, PARTIAL_LEN)
                        int G,
                        real_t *__restrict__ d_out)              // (PARTIAL_LEN,)
 {
-    const int o = blockIdx.x * blockDim.x + threadIdx.x;
-    if (o >= PARTIAL_LEN)
-        return;
-    double acc[RED_LANES] = {}, den[RED_LANES] = {};
-    for (int g = 0; g < G; g += RED_LANES) {
-        ARRSEG_UNROLL
-        for (int r = 0; r < RED_LANES; ++r) {
-            if (g + r < G) {
-                const real_t *row = d_partials + (long long)(g + r) * PARTIAL_LEN;
-                acc[r] += (double)row[o];
-                den[r] += (double)row[OFF_DEN];
-            }
+    __shared__ double acc_s[RED_ROWS][RED_MAX_OB];
+    __shared__ double den_s[RED_ROWS];
+    const int OB = (int)blockDim.x / RED_ROWS;
+    const int x = (int)threadIdx.x % OB, y = (int)threadIdx.x / OB;
+    const bool in_tree = y < RED_ROWS;  // false only for a blockDim.x not a multiple of 32
+
+    // the denominator: column OFF_DEN, summed by the threads of output lane 0
+    if (x == 0 && in_tree) {
+        double den = 0.0;
+        ARRSEG_UNROLL_BY(4)
+        for (long long g = y; g < G; g += RED_ROWS)
+            den += (double)d_partials[g * PARTIAL_LEN + OFF_DEN];
+        den_s[y] = den;
+    }
+    for (int stride = RED_ROWS / 2; stride > 0; stride /= 2) {
+        __syncthreads();
+        if (x == 0 && y < stride)
+            den_s[y] += den_s[y + stride];
+    }
+    __syncthreads();
+    const double denominator = den_s[0];
+
+    for (long long q = blockIdx.x; q * OB < PARTIAL_LEN; q += gridDim.x) {
+        const long long o = q * OB + x;
+        double acc = 0.0;
+        if (o < PARTIAL_LEN) {
+            ARRSEG_UNROLL_BY(4)
+            for (long long g = y; g < G; g += RED_ROWS)
+                acc += (double)d_partials[g * PARTIAL_LEN + o];
         }
+        if (in_tree)
+            acc_s[y][x] = acc;
+        for (int stride = RED_ROWS / 2; stride > 0; stride /= 2) {
+            __syncthreads();
+            if (y < stride)
+                acc_s[y][x] += acc_s[y + stride][x];
+        }
+        __syncthreads();
+        if (y == 0 && o < PARTIAL_LEN) {
+            double value = denominator > 0.0 ? acc_s[0][x] / denominator : 0.0;
+            if (o == OFF_DEN)
+                value = denominator;
+            d_out[o] = (real_t)value;
+        }
+        __syncthreads();  // acc_s read before the next group overwrites it
     }
-    double total = 0.0, denominator = 0.0;
-    ARRSEG_UNROLL
-    for (int r = 0; r < RED_LANES; ++r) {
-        total += acc[r];
-        denominator += den[r];
-    }
-    double value = denominator > 0.0 ? total / denominator : 0.0;
-    if (o == OFF_DEN)
-        value = denominator;
-    d_out[o] = (real_t)value;
 }

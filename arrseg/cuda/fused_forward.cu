@@ -53,8 +53,10 @@ arrseg_fused_forward(const real_t *__restrict__ d_x,  // (N, C, H, W)
     (void)d_c;
 #endif
 
-    for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
-        const Tile tile = tile_of(t, tiles_x, tiles_y);
+    // unsigned: t < n_tiles <= 2^31 - 1 and gridDim.x <= 2^31 - 1, so that
+    // t + gridDim.x < 2^32 never wraps (an int would overflow)
+    for (unsigned int t = blockIdx.x; t < (unsigned int)n_tiles; t += gridDim.x) {
+        const Tile tile = tile_of((int)t, tiles_x, tiles_y);
         const int h = tile.h0 + ty, w = tile.w0 + tx;
         __syncthreads();  // the previous tile's readers of xs are done
         load_tile(xs, d_x, tile, H, W, tid);
@@ -99,7 +101,7 @@ arrseg_fused_forward(const real_t *__restrict__ d_x,  // (N, C, H, W)
         if (h < H && w < W) {
             ARRSEG_UNROLL
             for (int c = 0; c < NC; ++c)
-                d_P[((long long)(tile.n * NC + c) * H + h) * W + w] = s[c] / sum;
+                d_P[(((long long)tile.n * NC + c) * H + h) * W + w] = s[c] / sum;
         }
     }
 }

@@ -21,6 +21,21 @@ An :class:`EmulatedKernel` checks what a GPU would not report clearly:
   buffer with guard bytes on both sides, checked after the launch (a read
   of a guard byte gives NaN or -1, which shows in the results).
 
+Two settings make bugs that a plain run would hide show in the results
+(both on by default; see ``cuda_cpu.h``):
+
+- ``poison_shared``: before each block, all ``__shared__`` memory is filled
+  with 0xFF bytes (NaN, or -1 in integers): a kernel that reads shared memory
+  before writing it gives NaN results, as it would give the previous block's
+  values on a GPU;
+- ``schedule="random"``: the threads of a block run one at a time from one
+  barrier to the next, in an order drawn from ``seed`` at every barrier (and
+  the blocks in a seeded order): results that depend on the order of the
+  threads between barriers differ from seed to seed; a kernel that is
+  deterministic gives the same bits for every seed. ``schedule="concurrent"``
+  runs the threads of a block at once (the default with
+  ``sanitize="thread"``, whose race detection needs it).
+
 Libraries are cached on disk (``cache_dir``, default ``$ARRSEG_EMULATOR_CACHE``
 or ``~/.cache/arrseg/emulator``) under a hash of the sources, options and
 compiler. ``sanitize="address"`` builds with AddressSanitizer (out-of-bounds
@@ -48,6 +63,7 @@ import numpy as np
 from ..build import KERNEL_FILES, SOURCE_DIR
 
 __all__ = [
+    "SCHEDULES",
     "BuildError",
     "EmulatedKernel",
     "EmulatedKernels",
@@ -77,6 +93,11 @@ GUARD = 64
 #: -1 (int32, int64), values that the checks of check_values.cu refuse and
 #: that turn a result NaN, so a read past an array shows in the results.
 _GUARD_BYTE = 0xFF
+#: the schedules of the threads of a block (see :class:`EmulatedKernels`)
+SCHEDULES = ("random", "concurrent")
+#: the seed of the random schedule when none is given (``$ARRSEG_EMULATOR_SEED``
+#: overrides it, to run a test suite under another order)
+DEFAULT_SEED = 0
 _SCALAR_TYPES = {"i": (np.int32, ctypes.c_int32), "q": (np.int64, ctypes.c_int64),
                  "f": (np.float32, ctypes.c_float), "d": (np.float64, ctypes.c_double)}
 
@@ -220,10 +241,12 @@ class EmulatedKernel:
     launch code.
     """
 
-    def __init__(self, library, name, lock):
+    def __init__(self, library, name, lock, settings=(True, False, 0)):
         self.name = name
         self._lib = library
         self._lock = lock
+        #: (poison_shared, random_schedule, seed), set before each launch
+        self._settings = settings
         buf = ctypes.create_string_buffer(512)
         if library.arrseg_emulated_signature(name.encode(), buf, len(buf)) < 0:
             raise ValueError(f"the emulated library has no kernel {name!r}")
@@ -259,6 +282,8 @@ class EmulatedKernel:
             keep.append(value)
             params[i] = ctypes.addressof(value)
         with self._lock:
+            poison, random_schedule, seed = self._settings
+            self._lib.arrseg_emulated_configure(int(poison), int(random_schedule), seed)
             rc = self._lib.arrseg_emulated_launch(self.name.encode(), *grid, *block, params)
         if rc != 0:
             raise RuntimeError(f"emulated launch of {self.name} failed ({rc})")
@@ -290,6 +315,11 @@ class EmulatedKernel:
         return buffer.ctypes.data + GUARD
 
 
+#: one launch at a time in the process: ``__shared__`` is ``static``, and
+#: two EmulatedKernels with the same sources share one loaded library
+_LAUNCH_LOCK = threading.Lock()
+
+
 class EmulatedKernels:
     """Kernels compiled for the CPU emulator, one library per configuration.
 
@@ -304,16 +334,44 @@ class EmulatedKernels:
     cxx : str, optional
     source_dir : path, optional
         See :func:`build_library`.
+    poison_shared : bool, default True
+        Fill all ``__shared__`` memory with 0xFF bytes (NaN) before each
+        block. Without effect with ``sanitize="address"`` (ASan guards the
+        shared arrays there instead).
+    schedule : {"random", "concurrent"}, optional
+        How the threads of a block run between barriers: one at a time in a
+        seeded random order, or all at once. Default "random", "concurrent"
+        with a sanitizer (the fibers of "random" would hide races from
+        ThreadSanitizer and make AddressSanitizer warn).
+    seed : int, optional
+        The seed of the random schedule, in [0, 2**64); default
+        ``$ARRSEG_EMULATOR_SEED`` or :data:`DEFAULT_SEED`.
     """
 
-    def __init__(self, *, sanitize=None, cache_dir=None, cxx=None, source_dir=None):
+    def __init__(self, *, sanitize=None, cache_dir=None, cxx=None, source_dir=None,
+                 poison_shared=True, schedule=None, seed=None):
+        if schedule is None:
+            schedule = "concurrent" if sanitize else "random"
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if schedule == "random" and sanitize == "thread":
+            raise ValueError('schedule="random" runs one thread at a time, which hides '
+                             'data races from ThreadSanitizer: use schedule="concurrent" '
+                             'with sanitize="thread"')
+        if seed is None:
+            seed = int(os.environ.get("ARRSEG_EMULATOR_SEED", DEFAULT_SEED))
+        if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         self.sanitize = sanitize
         self.cache_dir = cache_dir
         self.cxx = cxx
         self.source_dir = source_dir
+        self.poison_shared = bool(poison_shared)
+        self.schedule = schedule
+        self.seed = int(seed)
         self._libraries = {}
         self._kernels = {}
-        self._lock = threading.Lock()  # one launch at a time: __shared__ is static
+        self._lock = _LAUNCH_LOCK
 
     def build(self, config):
         """Compile (or find in the cache) the library of ``config``."""
@@ -335,6 +393,10 @@ class EmulatedKernels:
             lib.arrseg_emulated_launch.argtypes = (ctypes.c_char_p,) + (ctypes.c_uint,) * 6 + (
                 ctypes.POINTER(ctypes.c_void_p),)
             lib.arrseg_emulated_partial_length.restype = ctypes.c_int
+            lib.arrseg_emulated_configure.restype = None
+            lib.arrseg_emulated_configure.argtypes = (ctypes.c_int, ctypes.c_int,
+                                                      ctypes.c_ulonglong)
+            lib.arrseg_emulated_shared_bytes.restype = ctypes.c_ulong
             self._libraries[config] = lib
         return self._libraries[config]
 
@@ -344,5 +406,7 @@ class EmulatedKernels:
             raise ValueError(f"{filename} defines no kernel {name!r}")
         key = (config, name)
         if key not in self._kernels:
-            self._kernels[key] = EmulatedKernel(self.library(config), name, self._lock)
+            settings = (self.poison_shared, self.schedule == "random", self.seed)
+            self._kernels[key] = EmulatedKernel(self.library(config), name, self._lock,
+                                                settings)
         return self._kernels[key]

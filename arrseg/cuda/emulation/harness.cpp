@@ -13,7 +13,12 @@
 //       exact C type of every argument it passes;
 //   arrseg_emulated_launch(name, gx, gy, gz, bx, by, bz, params) runs the
 //       launch; params[i] points to the value of argument i, as in the CUDA
-//       driver's cuLaunchKernel. Returns 0, or -1 for an unknown name.
+//       driver's cuLaunchKernel. Returns 0, or -1 for an unknown name;
+//   arrseg_emulated_configure(poison_shared, random_schedule, seed) sets
+//       what the next launches do (cuda_cpu.h's arrseg_emu::settings);
+//   arrseg_emulated_shared_bytes() -> the bytes of all __shared__ variables
+//       that poisoning fills (0 in an AddressSanitizer build, which does not
+//       poison).
 #include "cuda_cpu.h"
 
 #include <string.h>
@@ -112,6 +117,19 @@ ARRSEG_EMU_EXPORT int arrseg_emulated_launch(const char *name, unsigned int gx, 
     const dim3 grid(gx, gy, gz), block(bx, by, bz);
     return with_kernel(name, [&](auto kernel) { launch(grid, block, kernel, params); })
                ? 0 : -1;
+}
+
+ARRSEG_EMU_EXPORT void arrseg_emulated_configure(int poison_shared, int random_schedule,
+                                                unsigned long long seed)
+{
+    arrseg_emu::settings.poison_shared = poison_shared != 0;
+    arrseg_emu::settings.random_schedule = random_schedule != 0;
+    arrseg_emu::settings.seed = seed;
+}
+
+ARRSEG_EMU_EXPORT unsigned long arrseg_emulated_shared_bytes(void)
+{
+    return arrseg_emu::shared_bytes();
 }
 
 // The configuration's workspace row length, for the tests of the Python side.
