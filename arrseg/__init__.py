@@ -9,8 +9,9 @@ the mean cross-entropy over labelled pixels.
 
 Public names
 ------------
-Params, init_params
-    The parameters (K, b, W, c) and their initialisation.
+Params, ResidualParams, init_params
+    The parameters (K, b, W, c; with residual layers K_layers, b_layers)
+    and their initialisation.
 predict_proba, loss_and_grad
     The network's forward pass, and its loss with the analytic gradient.
 Segmenter
@@ -44,10 +45,10 @@ from ._version import __version__
 from .estimator.training import DivergenceWarning
 from .network import loss_and_grad, predict_proba
 from .overflow import NonFiniteError
-from .params import Params, init_params
+from .params import Params, ResidualParams, init_params
 from .segmenter import NotFittedError, Segmenter
 
-__all__ = ["Params", "init_params", "predict_proba", "loss_and_grad",
+__all__ = ["Params", "ResidualParams", "init_params", "predict_proba", "loss_and_grad",
            "Segmenter", "NotFittedError", "NonFiniteError", "DivergenceWarning",
            "data", "metrics", "model_file", "optim", "testing", "tiling",
            "__version__"]

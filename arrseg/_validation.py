@@ -21,53 +21,119 @@ in :mod:`arrseg._arguments`.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from typing import Any, NamedTuple
 
 import numpy as np
 from array_api_compat import is_cupy_namespace
 
-from ._arguments import check_bytes, check_choice
+from ._arguments import check_bytes, check_choice, check_float, check_int
 from ._backend import device, float_name, namespace_of, to_numpy
 from .core import Options, fused_kernels
 from .methods import METHODS
 from .numerics.activations import ACTIVATIONS
 from .numerics.convolution import BOUNDARIES
+from .numerics.residual import LAYERS
 from .overflow import scaled_class_weight
-from .params import Params
+from .params import Params, ResidualParams, params_like
 
 __all__ = ["CHECK_NAMES", "Checked", "Pending", "check_call", "check_choice",
-           "check_ignore_index", "check_options", "check_values", "finish_calls"]
+           "check_dilation", "check_ignore_index", "check_options", "check_values",
+           "finish_calls", "fit_options"]
 
 #: The value checks of one call, in the order of their flags.
 CHECK_NAMES = ("x", "params.K", "params.b", "params.W", "params.c", "labels",
                "class_weight")
 
 
-def check_options(activation, boundary, method):
-    """The network's options, checked, as an :class:`arrseg.core.Options`."""
+def check_dilation(dilation, *, where=""):
+    """``dilation`` as an int >= 1 or a tuple of them, checked.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming ``dilation`` and the entry that is wrong.
+    """
+    if isinstance(dilation, (list, tuple)):
+        return tuple(check_int(f"dilation[{i}]", d, 1, where=where)
+                     for i, d in enumerate(dilation))
+    return check_int("dilation", dilation, 1, where=where)
+
+
+def check_options(activation, boundary, method, dilation=1, step=1.0,
+                  layer="residual"):
+    """The network's options, checked, as an :class:`arrseg.core.Options`.
+
+    ``dilation`` stays an int or a tuple here; :func:`fit_options` fits it
+    to the parameters' depth.
+    """
     check_choice("activation", activation, tuple(ACTIVATIONS))
     check_choice("boundary", boundary, BOUNDARIES)
     check_choice("method", method, METHODS)
-    return Options(activation, boundary, method)
+    check_choice("layer", layer, LAYERS)
+    dilation = check_dilation(dilation)
+    step = check_float("step", step, low=0.0, low_open=True)
+    return Options(activation, boundary, method, dilation, step, layer)
+
+
+def fit_options(options, depth):
+    """``options`` with one dilation per residual layer of ``depth``.
+
+    An int dilation is repeated; a sequence must have ``depth`` entries.
+    """
+    d = options.dilation
+    if isinstance(d, int):
+        d = (d,) * depth
+    elif len(d) != depth:
+        raise ValueError(
+            f"dilation must have one entry per residual layer: params has depth "
+            f"{depth} (params.K_layers.shape[0]), got {len(d)} dilation(s) {d}")
+    return dataclasses.replace(options, dilation=tuple(d))
 
 
 def _as_params(params):
-    if isinstance(params, Params):
+    if isinstance(params, (Params, ResidualParams)):
         return params
     if isinstance(params, tuple) and len(params) in (3, 4):
         return Params(*params)
+    if isinstance(params, tuple) and len(params) == 6:
+        return ResidualParams(*params)
     raise TypeError(
-        "params must be an arrseg.Params (K, b, W, c), as returned by "
-        f"arrseg.init_params; got {type(params).__name__}"
+        "params must be an arrseg.Params (K, b, W, c[, K_layers, b_layers]), as "
+        f"returned by arrseg.init_params; got {type(params).__name__}"
     )
+
+
+def _check_layer_shapes(p):
+    """The residual layers' arrays against the opening layer's width k."""
+    K_layers, b_layers = p.K_layers, p.b_layers
+    if (K_layers is None) != (b_layers is None):
+        have, missing = (("K_layers", "b_layers") if b_layers is None
+                         else ("b_layers", "K_layers"))
+        raise TypeError(f"params.{missing} must be an array when params.{have} is "
+                        f"one (both None means depth 0), got None")
+    if K_layers is None:
+        return
+    k = p.K.shape[0]
+    shape = tuple(K_layers.shape)
+    if (K_layers.ndim != 5 or shape[1:3] != (k, k) or shape[3] != shape[4]
+            or shape[3] % 2 == 0 or shape[0] < 1):
+        raise ValueError(
+            f"params.K_layers must have shape (depth, k, k, s_r, s_r) with k = {k} "
+            f"from params.K, depth >= 1 and s_r odd, got shape {shape}")
+    if tuple(b_layers.shape) != (shape[0], k):
+        raise ValueError(
+            f"params.b_layers must have shape (depth, k) = {(shape[0], k)} to match "
+            f"params.K_layers, got shape {tuple(b_layers.shape)}")
 
 
 def _check_param_shapes(p, xp):
     for name in ("K", "b", "W"):
         if getattr(p, name) is None:
             raise TypeError(f"params.{name} must be an array, got None")
-    K, b, W, c = p
+    _check_layer_shapes(p)
+    K, b, W, c = p[:4]
     if K.ndim != 4:
         raise ValueError(
             f"params.K must have shape (k, C, s, s), got ndim {K.ndim} "
@@ -102,7 +168,7 @@ def _check_param_shapes(p, xp):
             f"params.c must have shape (n_c,) = ({n_c},) to match params.W, or "
             f"be None; got shape {tuple(c.shape)}"
         )
-    dtypes = {name: a.dtype for name, a in zip(Params._fields, p) if a is not None}
+    dtypes = {name: a.dtype for name, a in zip(type(p)._fields, p) if a is not None}
     for name, dt in dtypes.items():
         if float_name(xp, dt) is None:
             raise TypeError(
@@ -261,7 +327,7 @@ def check_call(x, params, labels=None, class_weight=None, ignore_index=-100, *,
     p = _as_params(params)
     cw_array = None if isinstance(class_weight, (list, tuple)) else class_weight
     xp = namespace_of(x=x, labels=labels, **{f"params.{n}": a for n, a in
-                                           zip(Params._fields, p)},
+                                           zip(type(p)._fields, p)},
                       class_weight=cw_array)
     _check_param_shapes(p, xp)
     x_is_float = _check_images(x, p, xp)
@@ -277,7 +343,7 @@ def check_call(x, params, labels=None, class_weight=None, ignore_index=-100, *,
     if x.dtype != dtype:
         x = xp.astype(x, dtype)
     if param_dtype != dtype:
-        p = Params(*(None if a is None else xp.astype(a, dtype) for a in p))
+        p = params_like(p, (None if a is None else xp.astype(a, dtype) for a in p))
 
     if labels is not None:
         labels = _check_labels(labels, x, xp)
@@ -342,13 +408,14 @@ def finish_calls(checked, probe, xp):
 def _value_flags(x, p, labels, class_weight, ignore_index, xp):
     """The failed checks, as (names, device array of flags, nonzero = failed)."""
     kernels = fused_kernels(xp)
-    if is_cupy_namespace(xp) or kernels is not None:
+    if (is_cupy_namespace(xp) or kernels is not None) and p.K_layers is None:
         from .cuda.checks import value_flags
 
         return CHECK_NAMES, value_flags(x, p, labels, class_weight, ignore_index,
                                         kernels=kernels)
     names, ok = [], []
-    for name, a in zip(CHECK_NAMES, (x, *p)):
+    arrays = ("x", *(f"params.{n}" for n in type(p)._fields))
+    for name, a in zip(arrays, (x, *p)):
         if a is not None:
             names.append(name)
             ok.append(xp.all(xp.isfinite(a)))

@@ -23,7 +23,7 @@ from . import __version__
 from .data import make_shapes
 from .network import ACTIVATION_NAMES, loss_and_grad, predict_proba
 from .numerics.convolution import BOUNDARIES
-from .params import Params, init_params
+from .params import Params, init_params, params_like
 
 __all__ = ["DEMO_MEMORY_LIMIT", "main"]
 
@@ -175,7 +175,7 @@ def run_demo(args, out=None):
             print(f"{it:>6} {last:>10.4f} {accuracy:>9.3f} "
                   f"{time.perf_counter() - start:>6.1f}s", file=out, flush=True)
         if it < args.iterations:
-            params = Params(*(None if p is None else p - args.learning_rate * g
+            params = params_like(params, (None if p is None else p - args.learning_rate * g
                               for p, g in zip(params, grads)))
             if not all(np.all(np.isfinite(p)) for p in params if p is not None):
                 print(f"parameters overflowed at iteration {it + 1}; try a "

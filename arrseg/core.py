@@ -28,7 +28,9 @@ path       implementation                                        arrays
 ========== ===================================================== ==========
 
 The fused kernels have no features pass (VarPro's): there "fused" and
-"auto" choose between "direct"/"blocked" and "fft".
+"auto" choose between "direct"/"blocked" and "fft". They run the one-layer
+network only: with residual layers (``params.depth > 0``) "auto" chooses
+between "direct"/"blocked" and "fft" for every pass, and "fused" is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from array_api_compat import is_cupy_namespace, is_numpy_namespace
 
 from .methods import resolve_method
 from .numerics import forward_backward
+from .numerics.residual import Trunk
 
 __all__ = ["Options", "features", "forward", "fused_kernels_on_numpy",
            "loss_and_grad", "select_path"]
@@ -55,11 +58,24 @@ class Options:
     activation : {"tanh", "relu", "sigmoid", "identity"}
     boundary : {"zeros", "periodic"}
     method : {"auto", "direct", "fft", "fused"}
+    dilation : tuple of int
+        The residual layers' dilations, one per layer (empty at depth 0).
+    step : float
+        h, the residual layers' step.
+    layer : {"residual", "symmetric"}
     """
 
     activation: str = "tanh"
     boundary: str = "zeros"
     method: str = "auto"
+    dilation: tuple = ()
+    step: float = 1.0
+    layer: str = "residual"
+
+    @property
+    def trunk(self):
+        """The residual layers' options, as a :class:`arrseg.numerics.residual.Trunk`."""
+        return Trunk(self.dilation, self.step, self.layer)
 
 
 # Kernels object (arrseg.cuda.emulation.EmulatedKernels) that runs the fused
@@ -102,7 +118,8 @@ def _fused_available(xp):
 
 
 @functools.lru_cache(maxsize=512)
-def select_path(method, xp, x_shape, kernel_shape, n_classes, dtype, pass_):
+def select_path(method, xp, x_shape, kernel_shape, n_classes, dtype, pass_,
+                layers_shape=None):
     """The implementation that runs one pass: "fused", "blocked", "direct" or "fft".
 
     Parameters
@@ -116,6 +133,8 @@ def select_path(method, xp, x_shape, kernel_shape, n_classes, dtype, pass_):
     dtype : dtype
         The compute dtype.
     pass_ : {"predict", "train", "features"}
+    layers_shape : tuple (depth, k, k, s_r, s_r), optional
+        The residual layers' kernels; None at depth 0.
 
     Returns
     -------
@@ -132,6 +151,9 @@ def select_path(method, xp, x_shape, kernel_shape, n_classes, dtype, pass_):
     Memoized on its arguments (all hashable): a training loop pays for the
     cost model once per shape.
     """
+    if layers_shape is not None:
+        return _deep_path(method, xp, x_shape, kernel_shape, n_classes, dtype, pass_,
+                          layers_shape)
     fused_ok = _fused_available(xp) and pass_ != "features"
     if pass_ == "features" and method == "fused":
         method = "auto"
@@ -143,9 +165,41 @@ def select_path(method, xp, x_shape, kernel_shape, n_classes, dtype, pass_):
     return chosen
 
 
-def _path(options, x, K, n_classes, xp, pass_):
+def _deep_path(method, xp, x_shape, kernel_shape, n_classes, dtype, pass_,
+               layers_shape):
+    """:func:`select_path` with residual layers: "blocked", "direct" or "fft"."""
+    if method == "fused":
+        if pass_ == "features":
+            method = "auto"
+        else:
+            raise ValueError(
+                "method='fused' runs the one-layer network only (depth 0); this "
+                f"network has {layers_shape[0]} residual layers: use method='auto', "
+                "'direct' or 'fft'")
+    if method == "auto":
+        # the cost is the layers': compare the methods on one layer, whose
+        # kernel spans its largest dilation's reach
+        N, _, H, W = x_shape
+        depth, k, _, s_r, _ = layers_shape
+        method = resolve_method("auto", xp, (N, k, H, W), (k, k, s_r, s_r),
+                                train=pass_ == "train", n_classes=n_classes,
+                                dtype=dtype, fused_available=False)
+    else:
+        resolve_method(method, xp, tuple(x_shape), tuple(kernel_shape),
+                       train=pass_ == "train", n_classes=n_classes, dtype=dtype,
+                       fused_available=False)
+    if method == "direct" and is_numpy_namespace(xp):
+        return "blocked"
+    return method
+
+
+def _path(options, x, params_or_K, n_classes, xp, pass_, layers=None):
+    K = getattr(params_or_K, "K", params_or_K)
+    if layers is None:
+        layers = getattr(params_or_K, "K_layers", None)
     return select_path(options.method, xp, tuple(x.shape), tuple(K.shape),
-                       n_classes, x.dtype, pass_)
+                       n_classes, x.dtype, pass_,
+                       None if layers is None else tuple(layers.shape))
 
 
 def _convolution(path):
@@ -177,7 +231,9 @@ def forward(x, params, options, xp, *, out_dtype=None):
     -------
     P : array (N, n_c, H, W)
     """
-    path = _path(options, x, params.K, params.W.shape[1], xp, "predict")
+    path = _path(options, x, params, params.W.shape[1], xp, "predict")
+    if params.K_layers is not None:
+        return _deep_forward(x, params, options, xp, path, out_dtype)
     if path == "fused":
         from .cuda import fused
 
@@ -221,7 +277,14 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index, xp, *,
     grads : tuple (dK, db, dW, dc), or 1-D array with ``flat=True``
         In x's dtype; dc is None when params.c is.
     """
-    path = _path(options, x, params.K, params.W.shape[1], xp, "train")
+    path = _path(options, x, params, params.W.shape[1], xp, "train")
+    if params.K_layers is not None:
+        loss, grads = _deep_loss_and_grad(x, labels, params, options, class_weight,
+                                          ignore_index, xp, path)
+        if flat:
+            return loss, xp.concat([xp.reshape(g, (-1,)) for g in grads
+                                    if g is not None])
+        return loss, grads
     if path == "fused":
         from .cuda import fused
 
@@ -243,15 +306,51 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index, xp, *,
     return loss, grads
 
 
-def features(x, K, b, options, xp):
-    """Y1 = sigma(K(theta) x + b) as (N, k, H*W), on checked arguments.
+def _deep_forward(x, params, options, xp, path, out_dtype):
+    """P of a network with residual layers, on the path chosen."""
+    if path == "blocked":
+        from .cpu import residual_blocked
 
-    VarPro's features; the classifier is not applied. The path is chosen
-    among "blocked"/"direct" and "fft" (the fused kernels have no features
-    pass).
+        return residual_blocked.forward(x, params, options, out_dtype=out_dtype)
+    P = forward_backward.forward(x, params, options.activation, options.boundary, xp,
+                                 conv=_convolution(path), trunk=options.trunk)
+    if out_dtype is not None and P.dtype != out_dtype:
+        P = xp.astype(P, out_dtype)
+    return P
+
+
+def _deep_loss_and_grad(x, labels, params, options, class_weight, ignore_index, xp,
+                        path):
+    """Loss and the 6 gradients of a network with residual layers."""
+    if path == "blocked":
+        from .cpu import residual_blocked
+
+        return residual_blocked.loss_and_grad(x, labels, params, options,
+                                              class_weight, ignore_index)
+    return forward_backward.loss_and_grad(
+        x, labels, params, options.activation, options.boundary, class_weight,
+        ignore_index, xp, conv=_convolution(path), trunk=options.trunk)
+
+
+def features(x, K, b, options, xp, layers=None):
+    """The classifier's input as (N, k, H*W), on checked arguments.
+
+    Y1 = sigma(K(theta) x + b), or with ``layers = (K_layers, b_layers)``
+    Y_L after the residual layers. VarPro's features; the classifier is not
+    applied. The path is chosen among "blocked"/"direct" and "fft" (the
+    fused kernels have no features pass).
     """
+    K_layers = None if layers is None else layers[0]
     # n_classes does not enter the features' cost; 2 keeps the cache small
-    path = _path(options, x, K, 2, xp, "features")
+    path = _path(options, x, K, 2, xp, "features", layers=K_layers)
+    if K_layers is not None:
+        if path == "blocked":
+            from .cpu import residual_blocked
+
+            return residual_blocked.features(x, K, b, layers, options)
+        return forward_backward.features(x, K, b, options.activation,
+                                         options.boundary, xp, conv=_convolution(path),
+                                         layers=layers, trunk=options.trunk)
     if path == "blocked":
         from .cpu import blocked
 

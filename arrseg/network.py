@@ -13,17 +13,19 @@ from __future__ import annotations
 import numpy as np
 
 from . import core
-from ._validation import check_call, check_options, finish_calls
+from ._validation import check_call, check_options, finish_calls, fit_options
 from ._backend import float_name
 from .overflow import NonFiniteError, diagnose, quiet_overflow, sum_probe, zero_probe
 from .methods import METHODS
 from .numerics.activations import ACTIVATIONS
 from .numerics.convolution import BOUNDARIES
-from .params import Params
+from .numerics.residual import LAYERS
+from .params import Params, params_like
 
 __all__ = [
     "ACTIVATION_NAMES",
     "BOUNDARIES",
+    "LAYERS",
     "METHODS",
     "loss_and_grad",
     "predict_proba",
@@ -36,11 +38,14 @@ ACTIVATION_NAMES = tuple(ACTIVATIONS)
 DEFAULT_IGNORE_INDEX = -100
 
 
-def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="auto"):
+def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="auto",
+                  dilation=1, step=1.0, layer="residual"):
     """Per-pixel class probabilities P of a batch of images.
 
     ``P = softmax(W^T sigma(K(theta) x + B b) + c)``, the softmax taken over
-    classes at every pixel.
+    classes at every pixel; with residual layers (``params.depth > 0``)
+    the features run through them before the classifier
+    (:class:`arrseg.Params`).
 
     Parameters
     ----------
@@ -59,6 +64,15 @@ def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="aut
         NumPy, the blocked and threaded fast path), "fft", "fused" (CuPy
         arrays: the fused CUDA kernels), or "auto": "fused" where it
         applies, else the one the cost model predicts faster.
+    dilation : int or sequence of int, default 1
+        The residual layers' dilations d_j: one for all, or one per layer
+        (``params.depth`` entries). Unused at depth 0.
+    step : float, default 1.0
+        h > 0, the residual layers' step.
+    layer : {"residual", "symmetric"}, default "residual"
+        ``Y + h sigma(K_j Y + b_j)``, or the course's stable
+        ``Y - h K_j^T sigma(K_j Y + b_j)``
+        (:mod:`arrseg.numerics.residual`). Unused at depth 0.
 
     Returns
     -------
@@ -89,8 +103,9 @@ def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="aut
     >>> bool(np.allclose(P.sum(axis=1), 1, atol=1e-6))
     True
     """
-    options = check_options(activation, boundary, method)
+    options = check_options(activation, boundary, method, dilation, step, layer)
     a = check_call(x, params, defer=True)
+    options = fit_options(options, a.params.depth)
     with quiet_overflow():                                 # checked below
         P = core.forward(a.x, a.params, options, a.xp, out_dtype=a.out_dtype)
         probe = sum_probe([P], a.xp)
@@ -110,8 +125,11 @@ def loss_and_grad(
     class_weight=None,
     ignore_index=DEFAULT_IGNORE_INDEX,
     method="auto",
+    dilation=1,
+    step=1.0,
+    layer="residual",
 ):
-    """Mean cross-entropy over labelled pixels and its gradient in (K, b, W, c).
+    """Mean cross-entropy over labelled pixels and its gradient in the parameters.
 
     ``E = sum_x w[y(x)] * (-log P_{y(x)}(x)) / sum_x w[y(x)]``, the sums over
     pixels whose label is not ``ignore_index``; ``w = 1`` without class
@@ -143,6 +161,15 @@ def loss_and_grad(
         NumPy, the blocked and threaded fast path), "fft", "fused" (CuPy
         arrays: the fused CUDA kernels), or "auto": "fused" where it
         applies, else the one the cost model predicts faster.
+    dilation : int or sequence of int, default 1
+        The residual layers' dilations d_j: one for all, or one per layer
+        (``params.depth`` entries). Unused at depth 0.
+    step : float, default 1.0
+        h > 0, the residual layers' step.
+    layer : {"residual", "symmetric"}, default "residual"
+        ``Y + h sigma(K_j Y + b_j)``, or the course's stable
+        ``Y - h K_j^T sigma(K_j Y + b_j)``
+        (:mod:`arrseg.numerics.residual`). Unused at depth 0.
 
     Returns
     -------
@@ -150,8 +177,9 @@ def loss_and_grad(
         In x's namespace and on its device (no host synchronisation), with
         the parameters' dtype.
     grads : Params
-        Gradients of the loss, shaped and typed like ``params``; ``grads.c``
-        is None when ``params.c`` is.
+        Gradients of the loss, shaped and typed like ``params`` (with the
+        residual layers' ``K_layers`` and ``b_layers`` at depth > 0);
+        ``grads.c`` is None when ``params.c`` is.
 
     Raises
     ------
@@ -172,8 +200,9 @@ def loss_and_grad(
     >>> loss.shape, grads.K.shape == params.K.shape
     ((), True)
     """
-    options = check_options(activation, boundary, method)
+    options = check_options(activation, boundary, method, dilation, step, layer)
     a = check_call(x, params, labels, class_weight, ignore_index, defer=True)
+    options = fit_options(options, a.params.depth)
     xp = a.xp
     with quiet_overflow():                                 # checked below
         loss, grads = core.loss_and_grad(a.x, a.labels, a.params, options,
@@ -194,4 +223,4 @@ def loss_and_grad(
                 f"{float_name(xp, a.param_dtype)}: pass float64 parameters")
         raise diagnose("loss_and_grad", a.x, a.params, options, labels=a.labels,
                        class_weight=a.class_weight, ignore_index=a.ignore_index)
-    return loss, Params(*grads)
+    return loss, params_like(a.params, grads)

@@ -136,7 +136,7 @@ def diagnose(where, x, params, options, *, labels=None, class_weight=None,
 
     xp = np
     X = to_numpy(x)
-    K, b, W, c = (None if a is None else to_numpy(a) for a in params)
+    K, b, W, c = (None if a is None else to_numpy(a) for a in params[:4])
     dtype = X.dtype
     sizes = (f"largest |x| = {_largest(X):.3g}, |K| = {_largest(K):.3g}, "
              f"|W| = {_largest(W):.3g}")

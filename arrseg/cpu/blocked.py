@@ -229,7 +229,7 @@ class _Plan:
 
     def __init__(self, x, params, activation, boundary):
         self.g = g = _Geometry(x, params.K)
-        K, b, W, c = params
+        K, b, W, c = params[:4]
         self.dtype = dtype = x.dtype
         self.x, self.activation, self.boundary = x, activation, boundary
         self.n_c = W.shape[1]

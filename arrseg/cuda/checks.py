@@ -123,7 +123,7 @@ def value_flags(x, params, labels, class_weight, ignore_index, *, kernels=None):
         xp = _array_module(x)
         config = CheckConfig.of(x.dtype)
         dtype = x.dtype
-        K, b, W, c = params
+        K, b, W, c = params[:4]
         n_classes = W.shape[1]
         reals = tuple(_contiguous(xp, a, dtype) for a in (x, K, b, W, c))
         labels = None if labels is None else xp.ascontiguousarray(labels, dtype=xp.int64)

@@ -168,7 +168,7 @@ def _contiguous(xp, a, dtype):
 
 def _prepare(x, params, activation, boundary, kernels):
     xp = _array_module(x)
-    K, b, W, c = params
+    K, b, W, c = params[:4]
     config = KernelConfig.of(x.shape, K.shape, W.shape[1], x.dtype, activation,
                              boundary, c is not None)
     dtype = x.dtype

@@ -25,6 +25,11 @@ API standard: this module is the specification of the operator, the
 reference any other implementation of it is tested against. Shapes:
 Y (N, C, H, W), theta (k, C, s, s), Z (N, k, H, W).
 
+With a dilation d > 1 (the residual layers, :mod:`arrseg.numerics.residual`)
+the taps are d pixels apart: offset (a, b) reads ``Ypad[n, j, h + d a,
+w + d b]`` with p = d (s // 2), the kernel of PyTorch's
+``conv2d(..., dilation=d, padding=d * (s // 2))``.
+
 The work is a loop over the s*s kernel offsets, each a batched matrix
 product (k, C) @ (N, C, H*W): memory stays at one shifted copy of the input
 rather than the s*s-fold im2col matrix.
@@ -93,7 +98,7 @@ def _shifted(Ypad, a, b, H, W, xp):
     return xp.reshape(Ypad[:, :, a : a + H, b : b + W], (N, C, H * W))
 
 
-def conv2d(Y, theta, boundary, xp):
+def conv2d(Y, theta, boundary, xp, dilation=1):
     """Forward product K(theta) Y.
 
     Parameters
@@ -102,23 +107,25 @@ def conv2d(Y, theta, boundary, xp):
     theta : array, shape (k, C, s, s), s odd
     boundary : {"zeros", "periodic"}
     xp : namespace
+    dilation : int, default 1
+        d, the spacing of the taps.
 
     Returns
     -------
     Z : array, shape (N, k, H, W)
     """
     N, C, H, W = Y.shape
-    k, s = theta.shape[0], theta.shape[2]
-    Ypad = pad(Y, s // 2, boundary, xp)
+    k, s, d = theta.shape[0], theta.shape[2], dilation
+    Ypad = pad(Y, d * (s // 2), boundary, xp)
     Z = None
     for a, b in _offsets(s):
         # (k, C) @ (N, C, H*W) -> (N, k, H*W)
-        term = xp.matmul(theta[:, :, a, b], _shifted(Ypad, a, b, H, W, xp))
+        term = xp.matmul(theta[:, :, a, b], _shifted(Ypad, d * a, d * b, H, W, xp))
         Z = term if Z is None else Z + term
     return xp.reshape(Z, (N, k, H, W))
 
 
-def conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp):
+def conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp, dilation=1):
     """Transposed Jacobian product in theta: J_theta(Y)^T Z.
 
     ``dtheta[i, j, a, b] = sum_{n, h, w} Z[n, i, h, w] * Ypad[n, j, h+a, w+b]``;
@@ -133,20 +140,22 @@ def conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp):
         s, odd.
     boundary : {"zeros", "periodic"}
     xp : namespace
+    dilation : int, default 1
+        d, the spacing of the taps (``Ypad[n, j, h + d a, w + d b]``).
 
     Returns
     -------
     array, shape (k, C, s, s)
     """
     N, C, H, W = Y.shape
-    k, s = Z.shape[1], kernel_size
-    Ypad = pad(Y, s // 2, boundary, xp)
+    k, s, d = Z.shape[1], kernel_size, dilation
+    Ypad = pad(Y, d * (s // 2), boundary, xp)
     Zf = xp.reshape(Z, (N, k, H * W))
     blocks = []
     for a, b in _offsets(s):
         # per image (k, H*W) @ (H*W, C) -> (k, C), then the sum over images:
         # each dot product runs over one image's pixels, not the batch's
-        Ys = xp.matrix_transpose(_shifted(Ypad, a, b, H, W, xp))
+        Ys = xp.matrix_transpose(_shifted(Ypad, d * a, d * b, H, W, xp))
         blocks.append(xp.sum(xp.matmul(Zf, Ys), axis=0))
     # (s*s, k, C) -> (k, C, s, s)
     dtheta = xp.reshape(xp.stack(blocks, axis=0), (s, s, k, C))

@@ -81,7 +81,7 @@ import math
 from array_api_compat import device
 
 from .convolution import BOUNDARIES
-from .operators import adjoint_of, theta_jvp_of
+from .operators import adjoint_of, dilated_kernel, theta_jvp_of
 
 __all__ = [
     "BOUNDARIES",
@@ -232,7 +232,7 @@ def _real(X_hat, Fh, Fw, axes, dtype, xp):
 
 # --- the four products -----------------------------------------------------
 
-def conv2d(Y, theta, boundary, xp):
+def conv2d(Y, theta, boundary, xp, dilation=1):
     """Forward product K(theta) Y, by FFT.
 
     Parameters
@@ -242,6 +242,10 @@ def conv2d(Y, theta, boundary, xp):
     boundary : {"zeros", "periodic"}
     xp : namespace
         With the array API ``fft`` extension.
+    dilation : int, default 1
+        d: the kernel is spread to d (s - 1) + 1 taps with zeros between
+        (:func:`arrseg.numerics.operators.dilated_kernel`); the transforms
+        cost the same.
 
     Returns
     -------
@@ -267,6 +271,7 @@ def conv2d(Y, theta, boundary, xp):
            [7., 6., 0., 8.]])
     """
     _fft(xp)
+    theta = dilated_kernel(theta, dilation, xp)
     H, W, s = Y.shape[2], Y.shape[3], theta.shape[2]
     Fh, Fw = fft_shape(H, W, s, boundary)
     A = _kernel_spectrum(theta, Fh, Fw, xp)                  # (Fh, Fr, k, C)
@@ -279,7 +284,7 @@ def conv2d(Y, theta, boundary, xp):
     return Z[:, :, :H, :W] if (Fh, Fw) != (H, W) else Z
 
 
-def conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp):
+def conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp, dilation=1):
     """Transposed Jacobian product in theta, J_theta(Y)^T Z, by FFT.
 
     ``dtheta[i, j, a, b] = sum_{n, h, w} Z[n, i, h, w] * Ypad[n, j, h+a, w+b]``
@@ -299,6 +304,8 @@ def conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp):
     boundary : {"zeros", "periodic"}
     xp : namespace
         With the array API ``fft`` extension.
+    dilation : int, default 1
+        d: the lags read are d a - p for a < s, p = d (s // 2).
 
     Returns
     -------
@@ -306,7 +313,8 @@ def conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp):
     """
     _fft(xp)
     H, W = Y.shape[2], Y.shape[3]
-    s, p = kernel_size, kernel_size // 2
+    d = dilation
+    s, p = d * (kernel_size - 1) + 1, d * (kernel_size // 2)
     Fh, Fw = fft_shape(H, W, s, boundary)
     Y_hat = _fft(xp).rfftn(Y, s=(Fh, Fw), axes=(2, 3))      # (N, C, Fh, Fr)
     Z_hat = _fft(xp).rfftn(Z, s=(Fh, Fw), axes=(2, 3))      # (N, k, Fh, Fr)
@@ -316,8 +324,8 @@ def conv2d_theta_vjp(Y, Z, kernel_size, boundary, xp):
     G_hat = xp.conj(xp.matmul(xp.permute_dims(Z_hat, (2, 3, 1, 0)),
                               xp.conj(xp.permute_dims(Y_hat, (2, 3, 0, 1)))))
     G = _real(G_hat, Fh, Fw, (0, 1), Y.dtype, xp)           # (Fh, Fw, k, C)
-    lags_h = xp.arange(-p, s - p, device=device(Y)) % Fh
-    lags_w = xp.arange(-p, s - p, device=device(Y)) % Fw
+    lags_h = xp.arange(-p, s - p, d, device=device(Y)) % Fh
+    lags_w = xp.arange(-p, s - p, d, device=device(Y)) % Fw
     dtheta = xp.take(xp.take(G, lags_h, axis=0), lags_w, axis=1)  # (s, s, k, C)
     return xp.permute_dims(dtheta, (2, 3, 0, 1))
 

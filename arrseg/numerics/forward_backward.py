@@ -13,6 +13,10 @@ The backward pass applies the transposed Jacobians in reverse order::
     dZ1 = dY1 * sigma'(Z1)
     db  = sum dZ1 over pixels,  dtheta = J_theta(Y0)^T dZ1
 
+With residual layers (``params.depth > 0``) Y1 runs through them to Y_L
+before the classifier, and the backward pass runs their adjoint from
+dY_L = W dS back to dY1 (:mod:`arrseg.numerics.residual`).
+
 No automatic differentiation is involved. This is the reference
 implementation: any other implementation is tested against it. Inputs are assumed
 validated (see :mod:`arrseg._validation`).
@@ -29,32 +33,43 @@ from __future__ import annotations
 from .activations import activation, activation_and_derivative
 from .classifier import classifier_backward, cross_entropy_and_grad, logits, softmax
 from . import convolution as direct_convolution
+from .residual import Trunk, trunk_backward, trunk_forward
 
 __all__ = ["features", "forward", "loss_and_grad"]
 
 
 def features(Y0, K, b, activation_name, boundary, xp, *, with_derivative=False,
-             conv=direct_convolution):
-    """Y1 = sigma(K(theta) Y0 + B b), as (N, k, H*W); optionally sigma'(Z1)."""
+             conv=direct_convolution, layers=None, trunk=Trunk()):
+    """The classifier's input as (N, k, H*W): Y1 = sigma(K(theta) Y0 + B b),
+    optionally with sigma'(Z1); with ``layers = (K_layers, b_layers)``, Y_L
+    after the residual layers (no derivative)."""
     N, _, H, W = Y0.shape
     Z1 = conv.conv2d(Y0, K, boundary, xp) + b[:, None, None]
+    if layers is not None and layers[0] is not None:
+        Y1 = activation(activation_name, Z1, xp)
+        Y = trunk_forward(Y1, layers[0], layers[1], activation_name, boundary, trunk,
+                          xp, conv)
+        return xp.reshape(Y, (N, K.shape[0], H * W))
     Z1 = xp.reshape(Z1, (N, K.shape[0], H * W))
     if with_derivative:
         return activation_and_derivative(activation_name, Z1, xp)
     return activation(activation_name, Z1, xp)
 
 
-def forward(Y0, params, activation_name, boundary, xp, *, conv=direct_convolution):
+def forward(Y0, params, activation_name, boundary, xp, *, conv=direct_convolution,
+            trunk=Trunk()):
     """Probabilities P, shape (N, n_c, H, W)."""
     N, _, H, W = Y0.shape
-    Y1 = features(Y0, params.K, params.b, activation_name, boundary, xp, conv=conv)
-    P = softmax(logits(Y1, params.W, params.c, xp), xp)
+    Y = features(Y0, params.K, params.b, activation_name, boundary, xp, conv=conv,
+                 layers=(params.K_layers, params.b_layers), trunk=trunk)
+    P = softmax(logits(Y, params.W, params.c, xp), xp)
     return xp.reshape(P, (N, P.shape[1], H, W))
 
 
 def loss_and_grad(Y0, labels, params, activation_name, boundary, class_weight,
-                  ignore_index, xp, *, conv=direct_convolution):
-    """Loss (0-d) and its gradient in (K, b, W, c) as a tuple of 4 arrays.
+                  ignore_index, xp, *, conv=direct_convolution, trunk=Trunk()):
+    """Loss (0-d) and its gradient in (K, b, W, c) as a tuple of 4 arrays,
+    or of 6 with the residual layers' (dK_layers, db_layers) at depth > 0.
 
     ``labels`` has shape (N, H, W); the gradient for ``c`` is None when
     ``params.c`` is None.
@@ -63,13 +78,27 @@ def loss_and_grad(Y0, labels, params, activation_name, boundary, class_weight,
     k = params.K.shape[0]
     Y1, dY1_dZ1 = features(Y0, params.K, params.b, activation_name, boundary, xp,
                            with_derivative=True, conv=conv)
-    S = logits(Y1, params.W, params.c, xp)
+    deep = params.K_layers is not None
+    Y = Y1
+    if deep:   # (N, k, H*W) -> (N, k, H, W) -> Y_L, kept for the adjoint
+        Y, tape = trunk_forward(xp.reshape(Y1, (N, k, H, W)), params.K_layers,
+                                params.b_layers, activation_name, boundary, trunk, xp,
+                                conv, keep=True)
+        Y = xp.reshape(Y, (N, k, H * W))
+    S = logits(Y, params.W, params.c, xp)
     loss, dS = cross_entropy_and_grad(
         S, xp.reshape(labels, (N, H * W)), class_weight, ignore_index, xp
     )
-    dW, dc, dY1 = classifier_backward(Y1, params.W, dS, xp)
-    dZ1 = dY1 * dY1_dZ1  # (N, k, H*W)
+    dW, dc, dY = classifier_backward(Y, params.W, dS, xp)
+    layer_grads = ()
+    if deep:
+        dY, dK_layers, db_layers = trunk_backward(
+            xp.reshape(dY, (N, k, H, W)), tape, params.K_layers, boundary, trunk, xp,
+            conv)
+        dY = xp.reshape(dY, (N, k, H * W))
+        layer_grads = (dK_layers, db_layers)
+    dZ1 = dY * dY1_dZ1  # (N, k, H*W)
     db = xp.sum(dZ1, axis=(0, 2))
     dK = conv.conv2d_theta_vjp(Y0, xp.reshape(dZ1, (N, k, H, W)), params.K.shape[2],
                           boundary, xp)
-    return loss, (dK, db, dW, dc if params.c is not None else None)
+    return loss, (dK, db, dW, dc if params.c is not None else None, *layer_grads)

@@ -19,7 +19,25 @@ new method adds only what differs.
 
 from __future__ import annotations
 
-__all__ = ["adjoint_of", "theta_jvp_of"]
+from array_api_compat import device
+
+__all__ = ["adjoint_of", "dilated_kernel", "theta_jvp_of"]
+
+
+def dilated_kernel(theta, dilation, xp):
+    """theta with d - 1 zeros between its taps: (k, C, s, s) -> (k, C, D, D).
+
+    D = d (s - 1) + 1, odd when s is: the dilated cross-correlation is the
+    plain one with this kernel. Methods whose cost does not grow with the
+    kernel's size (the FFT) dilate this way.
+    """
+    if dilation == 1:
+        return theta
+    k, C, s = theta.shape[0], theta.shape[1], theta.shape[2]
+    D = dilation * (s - 1) + 1
+    out = xp.zeros((k, C, D, D), dtype=theta.dtype, device=device(theta))
+    out[:, :, ::dilation, ::dilation] = theta
+    return out
 
 
 def adjoint_of(conv2d, method):
@@ -37,9 +55,9 @@ def adjoint_of(conv2d, method):
     callable
     """
 
-    def conv2d_adjoint(Z, theta, boundary, xp):
+    def conv2d_adjoint(Z, theta, boundary, xp, dilation=1):
         theta_t = xp.permute_dims(xp.flip(theta, axis=(2, 3)), (1, 0, 2, 3))
-        return conv2d(Z, theta_t, boundary, xp)
+        return conv2d(Z, theta_t, boundary, xp, dilation)
 
     conv2d_adjoint.__module__ = conv2d.__module__
     conv2d_adjoint.__doc__ = f"""Adjoint product K(theta)^T Z ({method} method).
@@ -55,6 +73,8 @@ def adjoint_of(conv2d, method):
     theta : array, shape (k, C, s, s)
     boundary : {{"zeros", "periodic"}}
     xp : namespace
+    dilation : int, default 1
+        d, the spacing of the taps (flipping keeps it).
 
     Returns
     -------
@@ -78,8 +98,8 @@ def theta_jvp_of(conv2d, method):
     callable
     """
 
-    def conv2d_theta_jvp(Y, v, boundary, xp):
-        return conv2d(Y, v, boundary, xp)
+    def conv2d_theta_jvp(Y, v, boundary, xp, dilation=1):
+        return conv2d(Y, v, boundary, xp, dilation)
 
     conv2d_theta_jvp.__module__ = conv2d.__module__
     conv2d_theta_jvp.__doc__ = f"""Jacobian-vector product in theta: J_theta(Y) v ({method} method).
@@ -93,6 +113,7 @@ def theta_jvp_of(conv2d, method):
     v : array, shape (k, C, s, s)
     boundary : {{"zeros", "periodic"}}
     xp : namespace
+    dilation : int, default 1
 
     Returns
     -------

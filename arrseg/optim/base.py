@@ -35,7 +35,8 @@ __all__ = [
 
 
 def tree_map(fn, *trees):
-    """``Params(fn(a, b, ...) for each field)``; None fields stay None.
+    """``Params(fn(a, b, ...) for each field)``, of the first tree's class
+    (:class:`Params` or :class:`ResidualParams`); None fields stay None.
 
     Examples
     --------
@@ -46,8 +47,8 @@ def tree_map(fn, *trees):
     >>> tree_map(lambda a, b: a + 2 * b, p, p).K
     array([3., 3.])
     """
-    return Params(*(None if leaves[0] is None else fn(*leaves)
-                    for leaves in zip(*trees)))
+    return type(trees[0])(*(None if leaves[0] is None else fn(*leaves)
+                            for leaves in zip(*trees)))
 
 
 def tree_axpy(x, alpha, y):

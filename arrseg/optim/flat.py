@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from array_api_compat import is_cupy_namespace
 
-from ..params import Params
+from ..params import Params, ResidualParams
 
 __all__ = ["FlatLayout", "decay_vector", "elementwise", "flatten", "layout_of",
            "scalars", "unflatten"]
@@ -69,18 +69,20 @@ def flatten(fields, xp):
 
 def unflatten(theta, layout, xp):
     """Params whose fields are views of theta (no copy)."""
-    return Params(*(None if span is None else xp.reshape(theta[span[0]:span[1]], shape)
-                    for shape, span in zip(layout.shapes, layout.spans)))
+    cls = ResidualParams if len(layout.shapes) == len(ResidualParams._fields) else Params
+    return cls(*(None if span is None else xp.reshape(theta[span[0]:span[1]], shape)
+                 for shape, span in zip(layout.shapes, layout.spans)))
 
 
 def decay_vector(layout, alpha, dtype, xp, device):
-    """alpha on the entries of K and W, 0 on b and c: the gradient of the
-    weight decay ``alpha/2 (||K||^2 + ||W||^2)`` is ``decay * theta``."""
+    """alpha on the entries of K, W and K_layers, 0 on the biases: the
+    gradient of the weight decay ``alpha/2 (||K||^2 + ||W||^2 +
+    ||K_layers||^2)`` is ``decay * theta``."""
     parts = []
-    for name, shape, span in zip(Params._fields, layout.shapes, layout.spans):
+    for name, shape, span in zip(ResidualParams._fields, layout.shapes, layout.spans):
         if span is None:
             continue
-        fill = alpha if name in ("K", "W") else 0.0
+        fill = alpha if name in ("K", "W", "K_layers") else 0.0
         parts.append(xp.full((span[1] - span[0],), fill, dtype=dtype, device=device))
     return xp.concat(parts)
 

@@ -27,7 +27,7 @@ import math
 
 from array_api_compat import array_namespace, device
 
-from ..params import Params
+from ..params import Params, ResidualParams
 
 __all__ = ["Regularization", "smoothness", "tikhonov"]
 
@@ -43,7 +43,7 @@ def _check_alpha(name, alpha):
 
 
 def tikhonov(params, alpha):
-    """Weight decay ``alpha/2 (||K||^2 + ||W||^2)`` and its gradient.
+    """Weight decay ``alpha/2 (||K||^2 + ||W||^2 + ||K_layers||^2)`` and its gradient.
 
     Parameters
     ----------
@@ -55,8 +55,8 @@ def tikhonov(params, alpha):
     -------
     value : 0-d array
     grads : Params
-        ``(alpha K, 0, alpha W, 0)``; the c field is None when ``params.c``
-        is.
+        ``(alpha K, 0, alpha W, 0, alpha K_layers, 0)``; the c field is None
+        when ``params.c`` is, and the layers' fields at depth 0.
 
     Examples
     --------
@@ -69,10 +69,15 @@ def tikhonov(params, alpha):
     """
     alpha = _check_alpha("alpha", alpha)
     xp = array_namespace(params.K)
-    K, b, W, c = params
+    K, b, W, c = params[:4]
+    K_layers = params.K_layers
     value = (alpha / 2) * (xp.sum(K * K) + xp.sum(W * W))
+    if K_layers is not None:  # the residual layers' kernels too, not biases
+        value = value + (alpha / 2) * xp.sum(K_layers * K_layers)
     grads = Params(alpha * K, xp.zeros_like(b), alpha * W,
                    None if c is None else xp.zeros_like(c))
+    if K_layers is not None:
+        grads = ResidualParams(*grads, alpha * K_layers, xp.zeros_like(params.b_layers))
     return value, grads
 
 
