@@ -31,6 +31,8 @@ sums, unchanged when every weight is scaled by one factor, and
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ._backend import to_numpy
@@ -134,6 +136,9 @@ def diagnose(where, x, params, options, *, labels=None, class_weight=None,
     from .numerics.classifier import (classifier_backward, cross_entropy_and_grad,
                                       logits, softmax)
 
+    if params.depth:
+        return _diagnose_deep(where, x, params, options, labels, class_weight,
+                              ignore_index)
     xp = np
     X = to_numpy(x)
     K, b, W, c = (None if a is None else to_numpy(a) for a in params[:4])
@@ -189,6 +194,63 @@ def diagnose(where, x, params, options, *, labels=None, class_weight=None,
         reason = _intermediate(x, params, options, labels is not None, dtype,
                                [Z1, S] + ([np.asarray(loss), *grads.values()]
                                           if labels is not None else []))
+    return NonFiniteError(f"{where}: finite inputs gave a non-finite result: {reason}")
+
+
+def _diagnose_deep(where, x, params, options, labels, class_weight, ignore_index):
+    """:func:`diagnose` for a network with residual layers: the opening
+    layer, each residual layer, the logits, then the loss and gradients."""
+    import array_api_compat.numpy as xp
+
+    from .numerics import convolution, forward_backward
+    from .numerics.activations import activation
+    from .numerics.classifier import logits, softmax
+    from .numerics.residual import trunk_forward
+
+    p = type(params)(*(None if a is None else to_numpy(a) for a in params))
+    X = to_numpy(x)
+    dtype = X.dtype
+    N, _, H, Wd = X.shape
+    scale = ("scale the images (to unit variance, as Segmenter does), use "
+             "smaller parameters or a smaller step" + ("" if dtype == np.float64 else
+                                                      ", or compute in float64"))
+    if options.activation not in ("tanh", "sigmoid"):
+        scale += (f", or use a bounded activation ('tanh', 'sigmoid') instead of "
+                  f"{options.activation!r}")
+    trunk = options.trunk
+    with np.errstate(all="ignore"):
+        Z1 = convolution.conv2d(X, p.K, options.boundary, xp) + p.b[:, None, None]
+        reason = _stage("the pre-activations K x + b", Z1, dtype, scale)
+        Y = activation(options.activation, Z1, xp)
+        for j in range(p.depth):
+            if reason is not None:
+                break
+            one = dataclasses.replace(trunk, dilation=trunk.dilation[j:j + 1])
+            Y = trunk_forward(Y, p.K_layers[j:j + 1], p.b_layers[j:j + 1],
+                              options.activation, options.boundary, one, xp, convolution)
+            reason = _stage(f"the features of residual layer {j + 1} of {p.depth}",
+                            Y, dtype, scale)
+        if reason is None:
+            S = logits(np.reshape(Y, (N, Y.shape[1], H * Wd)), p.W, p.c, xp)
+            reason = _stage("the logits W^T y + c", S, dtype, scale)
+        if reason is None and labels is None:
+            reason = _stage("the probabilities P", softmax(S, xp), dtype,
+                            "please report this: the logits are finite")
+        if reason is None and labels is not None:
+            loss, grads = forward_backward.loss_and_grad(
+                X, to_numpy(labels), p, options.activation, options.boundary,
+                None if class_weight is None else to_numpy(class_weight),
+                ignore_index, xp, conv=convolution, trunk=trunk)
+            reason = _stage("the cross-entropy", np.asarray(loss), dtype, scale)
+            for name, g in zip(type(p)._fields, grads):
+                if reason is not None:
+                    break
+                if g is not None:
+                    reason = _stage(f"the gradient in {name}", g, dtype, scale)
+    if reason is None:
+        reason = (f"a sum inside the {options.method!r} path overflowed "
+                  f"{np.dtype(dtype).name}, although the reference's quantities are "
+                  f"finite: {scale}")
     return NonFiniteError(f"{where}: finite inputs gave a non-finite result: {reason}")
 
 

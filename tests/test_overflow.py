@@ -129,3 +129,27 @@ def test_no_warning_precedes_the_error(problem):
     x, y, p = problem
     with pytest.raises(NonFiniteError):
         arrseg.loss_and_grad(x, y, blown_up(p), activation="relu")
+
+
+@pytest.mark.parametrize("method", ["direct", "fft"])
+@pytest.mark.parametrize("layer", ["residual", "symmetric"])
+def test_residual_layer_overflow_is_named_with_its_index(method, layer):
+    # the opening layer and layer 1 stay finite (tanh bounds the opening
+    # features); every tap of layer 2 is 1e38: its features overflow float32
+    x = np.random.default_rng(0).random((1, 3, 10, 10)).astype(np.float32)
+    p = arrseg.init_params(3, 4, 2, depth=3, seed=0)
+    big = p.K_layers.copy()
+    big[1] = 1e38
+    p = p._replace(K_layers=big)
+    for call in (lambda: arrseg.predict_proba(x, p, activation="identity",
+                                              method=method, layer=layer),
+                 lambda: arrseg.loss_and_grad(x, np.zeros((1, 10, 10), np.int64), p,
+                                              activation="identity", method=method,
+                                              layer=layer)):
+        with pytest.raises(NonFiniteError, match="residual layer 2 of 3"):
+            call()
+    # the same parameters in float64 are finite: no error
+    p64 = type(p)(*(a.astype(np.float64) for a in p))
+    P = arrseg.predict_proba(x.astype(np.float64), p64, activation="identity",
+                             method=method, layer=layer)
+    assert np.isfinite(P).all()

@@ -72,6 +72,7 @@ def receptive_halo(kernel_size, layer_kernel_size=None, dilation=(), layer="resi
 
     Examples
     --------
+    >>> from arrseg.numerics.residual import receptive_halo
     >>> receptive_halo(3), receptive_halo(3, 3, (1, 2, 4))
     (1, 8)
     >>> receptive_halo(3, 3, (1, 2, 4), "symmetric")
