@@ -93,11 +93,13 @@ def fit_options(options, depth):
 
 
 def _as_params(params):
-    if isinstance(params, (Params, ResidualParams)):
+    if isinstance(params, Params):
         return params
     if isinstance(params, tuple) and len(params) in (3, 4):
         return Params(*params)
     if isinstance(params, tuple) and len(params) == 6:
+        if params[4] is None and params[5] is None:   # no layers: depth 0
+            return Params(*params[:4])
         return ResidualParams(*params)
     raise TypeError(
         "params must be an arrseg.Params (K, b, W, c[, K_layers, b_layers]), as "
