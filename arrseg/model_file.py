@@ -1,6 +1,6 @@
 """Model files: a trained network's parameters and metadata in one ``.npz``.
 
-Format (version 1)
+Format (version 2)
 ------------------
 A model file is a NumPy ``.npz`` archive (a zip file of ``.npy`` arrays,
 written by :func:`numpy.savez_compressed`, or :func:`numpy.savez` with
@@ -16,14 +16,23 @@ entry         dtype, shape        content
               (k, n_c)
 ``c``         same dtype, (n_c,)  classifier bias; absent when ``params.c``
                                   is None
+``K_layers``  same dtype, (depth, the residual layers' kernels (version 2;
+              k, k, s_r, s_r)     absent at depth 0), depth >= 1, s_r odd
+``b_layers``  same dtype,         the residual layers' biases (version 2;
+              (depth, k)          present exactly when ``K_layers`` is)
 ``metadata``  uint8, (n_bytes,)   a UTF-8 encoded JSON object (below)
 ============  ==================  ==============================================
+
+The file holds the arrays only: the residual layers' dilations, step and
+layer type are options of the call (:func:`arrseg.predict_proba`), stored,
+if at all, in the caller's metadata (:meth:`arrseg.Segmenter.save` stores
+them with its hyper-parameters).
 
 The JSON object holds the three keys of the format and, beside them, the
 caller's metadata (hyper-parameters, normalisation mean and standard
 deviation, class names, ...)::
 
-    {"format": "arrseg-model", "format_version": 1, "arrseg_version": "0.1.0",
+    {"format": "arrseg-model", "format_version": 2, "arrseg_version": "0.1.0",
      ...caller's keys...}
 
 Non-finite numbers in the metadata (a loss curve that diverged) are written
@@ -38,17 +47,25 @@ from, so a file saved from PyTorch tensors loads as CuPy arrays and the
 other way round.
 
 Compatibility: a reader of format version v reads every file of version
-<= v. Entries it does not know are ignored (never read), so later versions
-may add entries; a change that an older reader would misread raises the
-version.
+<= v, and refuses (:class:`ModelFileError`) a file of a newer version.
+Entries it does not know are ignored (never read), so later versions may
+add entries; a change that an older reader would misread raises the
+version. Versions:
+
+1. ``K``, ``b``, ``W``, ``c``: the one-layer network (arrseg up to 0.1).
+2. ``K_layers``, ``b_layers`` added: the residual layers. A version-1
+   reader would ignore them and load a deep model as the one-layer network
+   it opens with, hence the new version. Every file is written in version
+   2 (at depth 0 too); a version-1 file loads as the depth-0 network it
+   holds (``K_layers`` entries in a version-1 file are not read).
 
 Bounds and checks
 -----------------
 :func:`load` reads untrusted files: whatever a file holds, it returns or
 raises :class:`ModelFileError`, and the memory it uses is bounded before any
 data is inflated. It reads only the entries it needs (``metadata``, ``K``,
-``b``, ``W``, ``c``) with :mod:`zipfile`, not :func:`numpy.load`, and checks,
-in this order:
+``b``, ``W``, ``c``, and from version 2 ``K_layers``, ``b_layers``) with
+:mod:`zipfile`, not :func:`numpy.load`, and checks, in this order:
 
 - the file starts with a zip signature (a single ``.npy`` is refused), its
   zip directory can be read and holds at most :data:`MAX_ENTRIES` entries,
@@ -103,7 +120,7 @@ import numpy as np
 from ._backend import default_namespace, namespace_of, resolve_namespace, to_numpy
 from ._validation import _as_params, _check_param_shapes
 from ._version import __version__
-from .params import Params
+from .params import params_like
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MAX_ARRAY_BYTES", "MAX_ENTRIES",
            "MAX_HEADER_BYTES", "MAX_INFLATION", "MAX_INFLATION_FREE_BYTES",
@@ -113,7 +130,7 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "MAX_ARRAY_BYTES", "MAX_ENTRIES",
 #: Value of the ``"format"`` key of every arrseg model file.
 FORMAT = "arrseg-model"
 #: The format version this arrseg writes, and the newest it reads.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Keys of the metadata that arrseg itself writes.
 RESERVED_KEYS = ("format", "format_version", "arrseg_version")
 
@@ -125,7 +142,7 @@ MAX_METADATA_BYTES = 16 * 2**20
 MAX_ARRAY_BYTES = 2**30
 #: Largest ``.npy`` header read, in bytes (NumPy's own default bound).
 MAX_HEADER_BYTES = 10_000
-#: Most entries in the zip directory (a model file has five).
+#: Most entries in the zip directory (a model file has at most seven).
 MAX_ENTRIES = 64
 #: Largest ratio of an entry's uncompressed to compressed size ...
 MAX_INFLATION = 64
@@ -133,6 +150,8 @@ MAX_INFLATION = 64
 MAX_INFLATION_FREE_BYTES = 2**20
 
 _PARAMETER_ENTRIES = ("K", "b", "W", "c")
+#: The entries of the residual layers, read from format version 2 on.
+_LAYER_ENTRIES = ("K_layers", "b_layers")
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a first entry, or an empty zip
 #: What zipfile and zlib raise on a malformed archive or entry.
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError,
@@ -248,8 +267,9 @@ def save(path, params, metadata=None, *, compress=True):
     ----------
     path : str or os.PathLike
         The file to write. Written as given (no ``.npz`` is appended).
-    params : Params
-        In any namespace and on any device; stored as NumPy arrays.
+    params : Params or ResidualParams
+        In any namespace and on any device; stored as NumPy arrays (with
+        the residual layers' ``K_layers`` and ``b_layers`` at depth > 0).
     metadata : dict, optional
         JSON-serialisable information to store beside the parameters
         (hyper-parameters, normalisation, class names). NumPy scalars and
@@ -286,14 +306,14 @@ def save(path, params, metadata=None, *, compress=True):
     ...                                "activation": "tanh", "mean": [0.5, 0.5, 0.5]})
     >>> loaded, meta = model_file.load(path)
     >>> loaded.K.shape, meta["classes"], meta["format_version"]
-    ((8, 3, 3, 3), ['background', 'disk'], 1)
+    ((8, 3, 3, 3), ['background', 'disk'], 2)
     >>> folder.cleanup()
     """
     p = _as_params(params)
-    xp = namespace_of(**{f"params.{n}": a for n, a in zip(Params._fields, p)})
+    xp = namespace_of(**{f"params.{n}": a for n, a in zip(type(p)._fields, p)})
     _check_param_shapes(p, xp)
     entries = {name: np.ascontiguousarray(to_numpy(a))
-               for name, a in zip(Params._fields, p) if a is not None}
+               for name, a in zip(type(p)._fields, p) if a is not None}
     for name, a in entries.items():
         if a.nbytes > MAX_ARRAY_BYTES:
             raise ValueError(f"params.{name} must take at most MAX_ARRAY_BYTES = "
@@ -546,19 +566,24 @@ def _read_metadata(archive, entries, file_size, fail):
     return meta
 
 
-def _read_params(archive, entries, file_size, fail):
+def _read_params(archive, entries, file_size, fail, version):
+    """The parameter arrays of a file of format ``version``: a Params, or a
+    ResidualParams when (from version 2) the layers' entries are there."""
     missing = [n for n in ("K", "b", "W") if n not in entries]
     if missing:
         raise fail(f"missing parameter array(s) {missing} (its entries: "
                    f"{_show(sorted(entries))})")
+    names = _PARAMETER_ENTRIES
+    if version >= 2 and any(n in entries for n in _LAYER_ENTRIES):
+        names = names + _LAYER_ENTRIES
     arrays = []
-    for name in _PARAMETER_ENTRIES:
+    for name in names:
         a = None
         if name in entries:
             a = _read_entry(archive, entries[name], name, file_size, fail)
             a = a.astype(a.dtype.newbyteorder("="), copy=False)  # native order
         arrays.append(a)
-    p = Params(*arrays)
+    p = _as_params(tuple(arrays))
     try:
         _check_param_shapes(p, default_namespace())
     except (TypeError, ValueError) as e:
@@ -568,9 +593,9 @@ def _read_params(archive, entries, file_size, fail):
 
 def _in_namespace(params, xp, device):
     """NumPy parameters as arrays of the resolved namespace ``xp``."""
-    return Params(*(None if a is None else xp.asarray(np.ascontiguousarray(a),
-                                                      device=device)
-                    for a in params))
+    return params_like(params, (None if a is None
+                                else xp.asarray(np.ascontiguousarray(a), device=device)
+                                for a in params))
 
 
 def load(path, *, xp=None, device=None):
@@ -591,8 +616,11 @@ def load(path, *, xp=None, device=None):
 
     Returns
     -------
-    params : Params
+    params : Params or ResidualParams
         With the dtype they were saved in; ``params.c`` is None if it was.
+        A :class:`arrseg.ResidualParams` when the file holds residual layers
+        (format version 2), else a :class:`arrseg.Params` (every version-1
+        file).
     metadata : dict
         The caller's metadata as saved, plus ``"format"``,
         ``"format_version"`` and ``"arrseg_version"`` (the version that wrote
@@ -653,5 +681,6 @@ def load(path, *, xp=None, device=None):
         archive, entries = _open_zip(f, fail)
         with archive:
             meta = _read_metadata(archive, entries, file_size, fail)
-            params = _read_params(archive, entries, file_size, fail)
+            params = _read_params(archive, entries, file_size, fail,
+                                  meta["format_version"])
     return _in_namespace(params, xp, device), meta

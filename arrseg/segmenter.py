@@ -52,14 +52,19 @@ from ._validation import check_call, finish_calls
 from .estimator import classes, inputs, persistence, training
 from .estimator.settings import (
     DEFAULT_CROP_SIZE,
+    DEFAULT_DEPTH,
+    DEFAULT_DILATION,
+    DEFAULT_LAYER,
+    DEFAULT_LAYER_KERNEL_SIZE,
     DEFAULT_LEARNING_RATES,
+    DEFAULT_STEP,
     OPTIMIZERS,
     check_predict_settings,
     check_settings,
 )
 from .network import DEFAULT_IGNORE_INDEX
 from .overflow import diagnose, quiet_overflow, sum_probe
-from .params import Params, init_params
+from .params import init_params, params_like
 from .tiling import proba_tiled
 
 __all__ = ["DEFAULT_CROP_SIZE", "DEFAULT_LEARNING_RATES", "OPTIMIZERS",
@@ -73,12 +78,14 @@ class NotFittedError(ValueError, AttributeError):
 
 
 class Segmenter:
-    """Pixel classifier: a one-layer CNN trained on labelled (or scribbled)
-    images, with a scikit-learn style interface.
+    """Pixel classifier: a CNN trained on labelled (or scribbled) images,
+    with a scikit-learn style interface.
 
     The network is ``P = softmax(W^T sigma(K(theta) x + b) + c)`` of
     :func:`arrseg.predict_proba`, on images normalised per channel with the
-    mean and standard deviation learnt in :meth:`fit`.
+    mean and standard deviation learnt in :meth:`fit`; with ``depth > 0``
+    the features run through ``depth`` residual layers (the course's ResNet,
+    :mod:`arrseg.numerics.residual`) before the classifier.
 
     Parameters
     ----------
@@ -86,6 +93,21 @@ class Segmenter:
         k, the number of feature channels.
     kernel_size : int, default 3
         s, odd: each feature sees an s x s neighbourhood.
+    depth : int, default 0
+        The number of residual layers after the opening layer, >= 0; 0 is
+        the one-layer network.
+    dilation : int, sequence of int, or "doubling", default 1
+        The residual layers' dilations d_j (taps d_j pixels apart): one for
+        every layer, one per layer (``depth`` entries), or "doubling" for
+        1, 2, 4, ..., 2**(depth - 1), whose receptive field grows
+        geometrically with the depth. Unused at depth 0.
+    step : float, default 1.0
+        h > 0, the residual layers' step.
+    layer : {"residual", "symmetric"}, default "residual"
+        ``Y + h sigma(K_j Y + b_j)``, or the course's stable
+        ``Y - h K_j^T sigma(K_j Y + b_j)``. Unused at depth 0.
+    layer_kernel_size : int, default 3
+        s_r, odd: the residual layers' kernel size. Unused at depth 0.
     activation : {"tanh", "relu", "sigmoid", "identity"}, default "tanh"
     boundary : {"zeros", "periodic"}, default "zeros"
     method : {"auto", "direct", "fft", "fused"}, default "auto"
@@ -93,7 +115,8 @@ class Segmenter:
     optimizer : {"adam", "sgd", "varpro"}, default "adam"
         Adam or SGD with momentum on mini-batches of random crops, or
         variable projection (:class:`arrseg.optim.VarPro`: L-BFGS on the
-        kernels, Newton-CG for the classifier) on the full batch.
+        kernels and biases of every layer, Newton-CG for the classifier) on
+        the full batch.
     learning_rate : float, optional
         Step length of "sgd" and "adam"; default
         :data:`DEFAULT_LEARNING_RATES` (0.5 for SGD, 0.03 for Adam). Not used
@@ -111,13 +134,19 @@ class Segmenter:
         Side of the random square crops of "sgd" and "adam". Default: whole
         images when every image is at most 512 pixels in both directions,
         else 512. Crops are drawn around a random labelled pixel, and their
-        border of s // 2 pixels (where the convolution would see the crop's
-        padding instead of the image) does not count in the loss.
+        border of the network's halo (s // 2 pixels at depth 0, the whole
+        receptive field's with residual layers,
+        :func:`arrseg.numerics.residual.receptive_halo`), where the
+        convolutions would see the crop's padding instead of the image, does
+        not count in the loss; so crop_size must be at least twice the halo
+        plus one.
     weight_decay : float, default 1e-4
-        Tikhonov regularisation ``weight_decay/2 (||K||^2 + ||W||^2)``.
+        Tikhonov regularisation ``weight_decay/2 (||K||^2 + ||W||^2 +
+        ||K_layers||^2)``; the biases are not penalised.
     smoothness : float, default 0.0
-        Smoothness regularisation of the kernels,
-        ``smoothness/2 sum ||grad theta_ij||^2``.
+        Smoothness regularisation of every kernel, the residual layers'
+        included, ``smoothness/2 sum ||grad theta_ij||^2``
+        (:func:`arrseg.optim.smoothness`).
     class_weight : None, "balanced" or array of shape (n_classes,)
         Weights of the classes in the loss; "balanced" weighs class j by
         ``n_labelled / (n_classes * n_j)``.
@@ -158,9 +187,9 @@ class Segmenter:
 
     Attributes
     ----------
-    params_ : Params
+    params_ : Params or ResidualParams
         The trained parameters, in the namespace and on the device of the
-        training images.
+        training images (:class:`arrseg.ResidualParams` at depth > 0).
     n_classes_ : int
     classes_ : ndarray
         ``arange(n_classes_)``.
@@ -192,9 +221,17 @@ class Segmenter:
     (32, 32)
     >>> bool(model.score(x[2:], y[2:]) > 0.8)        # mean IoU on a new image
     True
+
+    With two residual layers of dilations 1 and 2:
+
+    >>> deep = Segmenter(width=8, depth=2, dilation="doubling", max_iter=20)
+    >>> deep.fit(x[:2], y[:2]).params_.K_layers.shape
+    (2, 8, 8, 3, 3)
     """
 
-    def __init__(self, width=16, kernel_size=3, *, activation="tanh",
+    def __init__(self, width=16, kernel_size=3, *, depth=DEFAULT_DEPTH,
+                 dilation=DEFAULT_DILATION, step=DEFAULT_STEP, layer=DEFAULT_LAYER,
+                 layer_kernel_size=DEFAULT_LAYER_KERNEL_SIZE, activation="tanh",
                  boundary="zeros", method="auto", optimizer="adam",
                  learning_rate=None, momentum=0.9, nesterov=False, max_iter=200,
                  batch_size=4, crop_size=None, weight_decay=1e-4, smoothness=0.0,
@@ -204,6 +241,11 @@ class Segmenter:
                  tile_size=None, memory_budget=None, seed=0, verbose=False):
         self.width = width
         self.kernel_size = kernel_size
+        self.depth = depth
+        self.dilation = dilation
+        self.step = step
+        self.layer = layer
+        self.layer_kernel_size = layer_kernel_size
         self.activation = activation
         self.boundary = boundary
         self.method = method
@@ -353,6 +395,7 @@ class Segmenter:
         ys = [xp.asarray(m, device=dev) for m in host_labels]
 
         params = init_params(C, s.width, n_classes, s.kernel_size,
+                             depth=s.depth, layer_kernel_size=s.layer_kernel_size,
                              seed=self.seed, dtype="float64" if dtype == xp.float64
                              else "float32", xp=xp, device=dev)
 
@@ -460,14 +503,15 @@ class Segmenter:
         cache = self.__dict__.setdefault("_params_cache", {})
         if key not in cache:
             cache.clear()
-            cache[key] = Params(*(None if a is None else
-                                  xp.asarray(to_numpy(a), device=dev) for a in params))
+            cache[key] = params_like(params, (None if a is None else
+                                              xp.asarray(to_numpy(a), device=dev)
+                                              for a in params))
         return cache[key]
 
     def _proba_groups(self, images, what):
         """P per image group: checked once per group, one forward pass per tile."""
         self._check_fitted(what)
-        settings = check_predict_settings(self)
+        settings = check_predict_settings(self, self.params_.depth)
         groups, form = inputs.image_groups(images)
         out, checked = [], []
         for g in groups:

@@ -20,24 +20,28 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ._backend import device, resolve_namespace, to_numpy
-from .params import Params
+from .params import Params, ResidualParams, params_like
 
 __all__ = ["check_derivative", "DerivativeCheck", "check_adjoint", "assert_close",
            "to_numpy"]
 
 
-# --- helpers over "trees": a single array or a Params with optional None ----
+# --- helpers over "trees": a single array, or a Params / ResidualParams
+# with optional None fields ---------------------------------------------------
+
+_TREES = (Params, ResidualParams)
+
 
 def _leaves(x):
-    if isinstance(x, Params):
+    if isinstance(x, _TREES):
         return [a for a in x if a is not None]
     return [x]
 
 
 def _rebuild(x, leaves):
-    if isinstance(x, Params):
+    if isinstance(x, _TREES):
         it = iter(leaves)
-        return Params(*(None if a is None else next(it) for a in x))
+        return params_like(x, (None if a is None else next(it) for a in x))
     return leaves[0]
 
 
@@ -135,8 +139,9 @@ def check_derivative(fun, x0, *, direction=None, h0=1.0, n_steps=12, seed=0):
     fun : callable
         ``fun(x) -> (E, grad)`` with E a scalar (0-d array or float) and grad
         shaped like x. Only ``fun(x0)`` uses the gradient.
-    x0 : array or Params
-        Point of expansion. For Params, fields that are None are skipped.
+    x0 : array, Params or ResidualParams
+        Point of expansion. For a parameter tuple, fields that are None are
+        skipped (the gradient must have None in the same fields).
     direction : like x0, optional
         v; default a random unit direction (``seed``).
     h0 : float, default 1.0

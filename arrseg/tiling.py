@@ -3,10 +3,16 @@
 :func:`predict_proba_tiled` gives the same P as :func:`arrseg.predict_proba`
 (within floating-point round-off) but evaluates the network on one tile of
 (th, tw) pixels at a time. An output pixel depends on the input pixels
-within p = s // 2 of it (the convolution is the only layer that mixes
-pixels: p is derived from the model), so each tile is evaluated on its
-*haloed* input, the tile grown by p on every side, and the p-wide border of
-the result is discarded::
+within p of it, the network's receptive halo (the convolutions are the only
+layers that mix pixels: p is derived from the model and its options,
+:func:`arrseg.numerics.residual.receptive_halo`)::
+
+    p = s // 2 + sum_j m d_j (s_r // 2)      m = 1 ("residual"), 2 ("symmetric")
+
+(s // 2 for the one-layer network; each residual layer reaches d_j (s_r //
+2) further, a symmetric layer twice that as it convolves twice). So each
+tile is evaluated on its *haloed* input, the tile grown by p on every side,
+and the p-wide border of the result is discarded::
 
     haloed input     rows r0 - p .. r1 + p,  columns c0 - p .. c1 + p
     evaluated        the core's forward pass, boundary="zeros"
@@ -16,8 +22,10 @@ The halo holds the neighbouring tiles' pixels. Where it reaches past the
 image edge it holds what the boundary condition puts there:
 
 * ``"zeros"``: nothing is gathered past the edge; the zero padding of the
-  forward pass around the haloed tile is the image's own boundary there.
-  (On the inner sides it only changes the discarded halo outputs.)
+  forward pass around the haloed tile is the image's own boundary there,
+  at every layer. (On the inner sides it changes the outputs within p of
+  the haloed tile's edge only, each layer spreading the error by its own
+  reach: the discarded halo.)
 * ``"periodic"``: the halo wraps around the image (indices taken modulo H
   and W, computed on the device), and the haloed tile is then evaluated
   with ``boundary="zeros"``: the wrapped data already is the periodic
@@ -47,6 +55,7 @@ instead: their peak is twice P plus one tile.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -56,7 +65,8 @@ from array_api_compat import is_writeable_array
 from . import core
 from ._arguments import check_int
 from ._backend import device
-from ._validation import check_call, check_options, finish_calls
+from ._validation import check_call, check_options, finish_calls, fit_options
+from .numerics.residual import receptive_halo
 from .overflow import diagnose, quiet_overflow, sum_probe
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "DEFAULT_TILE_SIZE", "plan_tiles",
@@ -116,7 +126,15 @@ def tile_grid(H, W, tile_size=None):
             for r0 in range(0, H, th)]
 
 
-def working_bytes(path, N, C, H, W, k, n_c, s, itemsize):
+def _numbers_per_pixel(k, n_c, depth):
+    """Intermediates per pixel of an array-API forward pass: the
+    pre-activations, the features, the logits and P's temporaries (3 k +
+    2 n_c); with residual layers, a layer's input, its padded and shifted
+    copies, its pre-activations and output (6 k + 2 n_c)."""
+    return (6 if depth else 3) * k + 2 * n_c
+
+
+def working_bytes(path, N, C, H, W, k, n_c, s, itemsize, *, depth=0):
     """Bytes of intermediates one forward pass holds beside x and P.
 
     Parameters
@@ -129,16 +147,21 @@ def working_bytes(path, N, C, H, W, k, n_c, s, itemsize):
         Width, classes and kernel size of the model.
     itemsize : int
         Bytes per number of the compute dtype.
+    depth : int, default 0
+        The residual layers (their path holds whole-image arrays on NumPy
+        too: :mod:`arrseg.cpu.residual_blocked`).
 
     Returns
     -------
     int
         0 for the fused kernels (they read x and write P, nothing else);
-        the bounded per-thread workspaces for the blocked NumPy path; for
-        the array-API paths the padded input, the pre-activations, the
+        the bounded per-thread workspaces for the blocked NumPy path of the
+        one-layer network; for the array-API paths (and any path with
+        residual layers) the padded input, the pre-activations, the
         features, the logits and P's temporaries, about
-        ``N H W (3 k + 2 n_c) + N C (H + s)(W + s)`` numbers (the FFT's
-        spectra are of the same order).
+        ``N H W (3 k + 2 n_c) + N C (H + s)(W + s)`` numbers, ``6 k``
+        instead of ``3 k`` with residual layers (the FFT's spectra are of
+        the same order).
 
     Examples
     --------
@@ -150,21 +173,25 @@ def working_bytes(path, N, C, H, W, k, n_c, s, itemsize):
     """
     if path == "fused":
         return 0
-    if path == "blocked":
+    if path == "blocked" and not depth:
         from .cpu import blocked
         from .cpu.threads import num_threads
 
         return num_threads() * blocked.workspace_bytes(C, H, W, k, n_c, s, itemsize,
                                                         train=False)
-    per_pixel = 3 * k + 2 * n_c
+    per_pixel = _numbers_per_pixel(k, n_c, depth)
     return itemsize * (N * H * W * per_pixel + N * C * (H + s) * (W + s))
 
 
-def plan_tiles(path, N, C, H, W, k, n_c, s, itemsize, memory_budget=None):
+def plan_tiles(path, N, C, H, W, k, n_c, s, itemsize, memory_budget=None, *,
+               depth=0, halo=None):
     """Tile shape (th, tw) for ``tile_size=None``: the whole image when its
     working memory fits ``memory_budget``, else the largest square tiles
     (sides a multiple of 16, at least :data:`MIN_PLANNED_TILE`) whose haloed
     working memory fits.
+
+    ``depth`` is the number of residual layers and ``halo`` the network's
+    receptive halo (default s // 2, the one-layer network's).
 
     Examples
     --------
@@ -175,12 +202,12 @@ def plan_tiles(path, N, C, H, W, k, n_c, s, itemsize, memory_budget=None):
     (384, 384)
     """
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    if working_bytes(path, N, C, H, W, k, n_c, s, itemsize) <= budget:
+    if working_bytes(path, N, C, H, W, k, n_c, s, itemsize, depth=depth) <= budget:
         return H, W
     # the working memory of a t x t tile with its halo is about
     # itemsize N (t + 2p)^2 (3k + 2n_c + C): solve for t
-    p = s // 2
-    per_pixel = itemsize * N * (3 * k + 2 * n_c + C)
+    p = s // 2 if halo is None else halo
+    per_pixel = itemsize * N * (_numbers_per_pixel(k, n_c, depth) + C)
     side = int(math.isqrt(max(budget // max(per_pixel, 1), 1))) - 2 * p
     side = max(MIN_PLANNED_TILE, side // 16 * 16)
     return min(side, H), min(side, W)
@@ -205,25 +232,28 @@ def _haloed_tile(x, r0, r1, c0, c1, p, boundary, xp):
 
 
 def predict_proba_tiled(x, params, *, tile_size=None, activation="tanh",
-                        boundary="zeros", method="auto", memory_budget=None):
+                        boundary="zeros", method="auto", memory_budget=None,
+                        dilation=1, step=1.0, layer="residual"):
     """:func:`arrseg.predict_proba` computed tile by tile, in bounded memory.
 
     The result equals ``predict_proba(x, params, ...)`` up to floating-point
-    round-off, for either boundary condition; see the module docstring for
-    how the halo of p = s // 2 pixels around each tile is filled, and for
-    when an image is tiled at all.
+    round-off, for either boundary condition and at any depth; see the
+    module docstring for how the halo of p pixels around each tile (the
+    network's receptive halo) is filled, and for when an image is tiled at
+    all.
 
     Parameters
     ----------
     x : array, shape (N, C, H, W)
         Images, in any array API namespace.
-    params : Params
+    params : Params or ResidualParams
     tile_size : int or (int, int), optional
         Tile height and width in pixels, >= 1. Default: tiles only where
         the working memory of one pass would exceed ``memory_budget``
         (:func:`plan_tiles`; on CuPy and NumPy, never). Smaller tiles use
         less memory but recompute more halo: the overhead is about
-        ``(1 + 2p / th)(1 + 2p / tw)``.
+        ``(1 + 2p / th)(1 + 2p / tw)``. Tiles smaller than the halo are
+        allowed (and exact), if slow.
     activation : {"tanh", "relu", "sigmoid", "identity"}, default "tanh"
     boundary : {"zeros", "periodic"}, default "zeros"
     method : str, default "auto"
@@ -232,6 +262,11 @@ def predict_proba_tiled(x, params, *, tile_size=None, activation="tanh",
     memory_budget : int, optional
         Bytes of working memory per pass for ``tile_size=None``; default
         :data:`DEFAULT_MEMORY_BUDGET` (512 MiB).
+    dilation : int or sequence of int, default 1
+    step : float, default 1.0
+    layer : {"residual", "symmetric"}, default "residual"
+        The residual layers' options, as for :func:`arrseg.predict_proba`
+        (unused at depth 0); the halo grows with the dilations.
 
     Returns
     -------
@@ -262,10 +297,11 @@ def predict_proba_tiled(x, params, *, tile_size=None, activation="tanh",
     ...                  atol=1e-6))
     True
     """
-    options = check_options(activation, boundary, method)
+    options = check_options(activation, boundary, method, dilation, step, layer)
     tile_shape = None if tile_size is None else _tile_shape(tile_size)
     check_int("memory_budget", memory_budget, 1, allow_none=True)
     a = check_call(x, params, defer=True)
+    options = fit_options(options, a.params.depth)
     with quiet_overflow():                                 # checked below
         P = proba_tiled(a.x, a.params, options, a.xp, tile_shape=tile_shape,
                         out_dtype=a.out_dtype, memory_budget=memory_budget)
@@ -283,8 +319,9 @@ def proba_tiled(x, params, options, xp, *, tile_shape=None, out_dtype=None,
     Parameters
     ----------
     x : array (N, C, H, W), the compute dtype
-    params : Params, in x's dtype
+    params : Params or ResidualParams, in x's dtype
     options : arrseg.core.Options
+        With one dilation per residual layer (:func:`arrseg._validation.fit_options`).
     xp : namespace
     tile_shape : (int, int), optional
         Checked tile shape; None plans the tiles from ``memory_budget``.
@@ -298,18 +335,22 @@ def proba_tiled(x, params, options, xp, *, tile_shape=None, out_dtype=None,
     """
     N, C, H, W = (int(v) for v in x.shape)
     k, n_c, s = params.width, params.n_classes, params.kernel_size
+    depth = params.depth
     out_dtype = x.dtype if out_dtype is None else out_dtype
+    # the whole receptive field: s // 2 at depth 0
+    p = receptive_halo(s, params.layer_kernel_size, options.dilation, options.layer)
     if tile_shape is None:
+        layers = None if params.K_layers is None else tuple(params.K_layers.shape)
         path = core.select_path(options.method, xp, (N, C, H, W), tuple(params.K.shape),
-                                n_c, x.dtype, "predict")
+                                n_c, x.dtype, "predict", layers)
         itemsize = 8 if x.dtype == xp.float64 else 4
-        tile_shape = plan_tiles(path, N, C, H, W, k, n_c, s, itemsize, memory_budget)
+        tile_shape = plan_tiles(path, N, C, H, W, k, n_c, s, itemsize, memory_budget,
+                                depth=depth, halo=p)
     grid = tile_grid(H, W, tile_shape)
     if len(grid) == 1 and len(grid[0]) == 1:
         return core.forward(x, params, options, xp, out_dtype=out_dtype)
 
-    p = s // 2
-    inner = core.Options(options.activation, "zeros", options.method)
+    inner = dataclasses.replace(options, boundary="zeros")
 
     def tile_proba(r0, r1, c0, c1):
         Y, dr, dc = _haloed_tile(x, r0, r1, c0, c1, p, options.boundary, xp)

@@ -49,7 +49,7 @@ def write_npz(path, metadata=None, **arrays):
 
 
 def good_metadata(**changes):
-    return {"format": "arrseg-model", "format_version": 1,
+    return {"format": "arrseg-model", "format_version": model_file.FORMAT_VERSION,
             "arrseg_version": arrseg.__version__, **changes}
 
 
@@ -69,7 +69,8 @@ def test_round_trip(xp, tmp_path, dtype, bias):
     assert os.listdir(tmp_path) == ["model.arrseg"]   # as named, no temporary left
     got, got_meta = load(path, xp=xp)
     assert_same_params(got, params, xp)
-    assert got_meta == {"format": "arrseg-model", "format_version": 1,
+    assert got_meta == {"format": "arrseg-model",
+                        "format_version": model_file.FORMAT_VERSION,
                         "arrseg_version": arrseg.__version__, **meta}
 
 
@@ -245,12 +246,13 @@ def test_foreign_npz(tmp_path):
 
 
 def test_newer_format_version(tmp_path):
+    newer = model_file.FORMAT_VERSION + 1
     path = write_npz(tmp_path / "new.npz",
-                     good_metadata(format_version=2, arrseg_version="9.0.0"),
+                     good_metadata(format_version=newer, arrseg_version="9.0.0"),
                      **good_arrays())
     with raises(ModelFileError, str(path), "saved by a newer arrseg (9.0.0)",
-                "format version 2", f"this arrseg ({arrseg.__version__})",
-                "up to 1", "upgrade arrseg"):
+                f"format version {newer}", f"this arrseg ({arrseg.__version__})",
+                f"up to {model_file.FORMAT_VERSION}", "upgrade arrseg"):
         load(path)
 
 
@@ -325,7 +327,7 @@ def test_big_endian_arrays_load_in_native_order(tmp_path):
 
 def test_public_constants():
     assert model_file.FORMAT == "arrseg-model"
-    assert model_file.FORMAT_VERSION == 1
+    assert model_file.FORMAT_VERSION == 2
     assert issubclass(ModelFileError, ValueError)
 
 

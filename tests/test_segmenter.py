@@ -168,8 +168,8 @@ def test_get_and_set_params():
     assert model.set_params(width=4, seed=1) is model
     assert model.width == 4 and model.seed == 1
     assert repr(model) == "Segmenter(optimizer='varpro', seed=1, width=4)"
-    with pytest.raises(ValueError, match="Invalid parameter 'depth'.*width"):
-        model.set_params(depth=3)
+    with pytest.raises(ValueError, match="Invalid parameter 'n_layers'.*width"):
+        model.set_params(n_layers=3)
 
 
 def test_fitted_attributes_end_with_an_underscore(data):

@@ -2,9 +2,12 @@
 
 Crops are placed around a labelled pixel drawn at random, so sparse labels
 are not wasted on empty crops. On the sides where a crop is inside the
-image (or everywhere with periodic boundaries), its border of p = s // 2
-pixels is marked ``ignore_index``: there the convolution sees the crop's
-padding, not the image.
+image (or everywhere with periodic boundaries), its border of p pixels is
+marked ``ignore_index``: there the network sees the crop's padding, not the
+image. p is the network's whole receptive halo
+(:func:`arrseg.numerics.residual.receptive_halo`): s // 2 for the one-layer
+network, plus d_j (s_r // 2) per residual layer (twice that per symmetric
+layer), since every layer's padding reaches that much further in.
 
 Where the work happens:
 
@@ -77,7 +80,7 @@ class CropSampler:
         self.xp, self.dev, self.rng = xp, dev, rng
         self.ignore = settings.ignore_index
         self.periodic = settings.boundary != "zeros"
-        self.halo = settings.kernel_size // 2
+        self.halo = settings.halo
         self.images = [(g, n) for g, x in enumerate(xs) for n in range(int(x.shape[0]))]
         #: NumPy arrays: the host is the device, crops are sliced
         self.on_host = is_numpy_namespace(xp)

@@ -9,10 +9,16 @@ metadata field             what :func:`load_segmenter` accepts
 =========================  ====================================================
 ``hyper_parameters``       an object; the names ``Segmenter`` takes are checked
                            as ``fit`` checks them (others are ignored, absent
-                           ones take their defaults); ``width`` = k and
-                           ``kernel_size`` = s of ``K`` (k, C, s, s),
+                           ones take their defaults, see below); ``width`` = k
+                           and ``kernel_size`` = s of ``K`` (k, C, s, s),
                            ``n_classes`` null or the ``n_classes`` below, a
-                           ``class_weight`` list of ``n_classes`` entries
+                           ``class_weight`` list of ``n_classes`` entries;
+                           ``depth`` an integer = ``K_layers.shape[0]`` (0
+                           without ``K_layers``), ``layer_kernel_size`` odd,
+                           = s_r of ``K_layers`` at depth > 0, ``dilation``
+                           an integer >= 1, "doubling" or a list of ``depth``
+                           integers >= 1, ``step`` a number > 0, ``layer``
+                           "residual" or "symmetric"
 ``in_channels``            an integer, = C of ``K``
 ``n_classes``              an integer >= 2, = n_c of ``W`` (k, n_c)
 ``mean``                   C finite numbers
@@ -29,6 +35,14 @@ Integers are JSON integers (``true`` is not 1; ``2.0`` is not 2); numbers
 are JSON integers or floats, never booleans or strings. The parameters must
 be finite. Anything else raises :class:`arrseg.model_file.ModelFileError`
 naming the file, the field, what was found and what was expected.
+
+Versions. A file of format version 1 (written before the residual layers)
+has no ``K_layers`` and no residual layers' hyper-parameters: it loads as
+the one-layer network it holds, with the absent ``depth``, ``dilation``,
+``step``, ``layer`` and ``layer_kernel_size`` read as
+:data:`VERSION_1_HYPER_PARAMETERS` (depth 0), whatever the current
+defaults are. From version 2 every hyper-parameter is written, and an
+absent one takes the current default.
 """
 
 from __future__ import annotations
@@ -43,7 +57,8 @@ from .._backend import resolve_namespace, to_numpy
 from ..model_file import _show
 from .settings import check_settings
 
-__all__ = ["ESTIMATOR_TAG", "FIELDS", "load_segmenter", "save_segmenter"]
+__all__ = ["ESTIMATOR_TAG", "FIELDS", "VERSION_1_HYPER_PARAMETERS", "load_segmenter",
+           "save_segmenter"]
 
 #: The metadata's "estimator" entry of a Segmenter's file.
 ESTIMATOR_TAG = "arrseg.Segmenter"
@@ -52,6 +67,10 @@ FIELDS = ("hyper_parameters", "in_channels", "n_classes", "mean", "std",
           "class_weight", "n_iter", "loss_curve", "validation_scores",
           "validation_loss_curve", "validation_score")
 _CURVES = ("loss_curve", "validation_scores", "validation_loss_curve")
+#: The residual layers' hyper-parameters a version-1 file means (it has none:
+#: the one-layer network).
+VERSION_1_HYPER_PARAMETERS = {"depth": 0, "dilation": 1, "step": 1.0,
+                              "layer": "residual", "layer_kernel_size": 3}
 
 
 def save_segmenter(est, path):
@@ -148,7 +167,10 @@ def _hyper_parameters(cls, meta, params, n_classes):
         raise _invalid("hyper_parameters", hyper, "a JSON object of Segmenter's "
                        "hyper-parameters")
     valid = cls._get_param_names()
-    est = cls(**{k: v for k, v in hyper.items() if k in valid})
+    given = {k: v for k, v in hyper.items() if k in valid}
+    if meta["format_version"] < 2:   # before the residual layers: depth 0
+        given = {**VERSION_1_HYPER_PARAMETERS, **given}
+    est = cls(**given)
     try:
         check_settings(est)   # also what check_predict_settings checks
     except (TypeError, ValueError, OverflowError) as e:
@@ -158,10 +180,18 @@ def _hyper_parameters(cls, meta, params, n_classes):
         raise _Invalid("metadata 'hyper_parameters' holds a value that Segmenter "
                        f"refuses: {message}") from None
     k, _, s, _ = params.K.shape
+    depth = params.depth
     checks = [("width", est.width == k, f"{k} (K.shape[0])"),
               ("kernel_size", est.kernel_size == s, f"{s} (K.shape[2])"),
               ("n_classes", est.n_classes in (None, n_classes),
-               f"null or {n_classes} (W.shape[1])")]
+               f"null or {n_classes} (W.shape[1])"),
+              ("depth", est.depth == depth,
+               f"{depth} (K_layers.shape[0])" if depth
+               else "0 (the file has no K_layers)")]
+    if depth:
+        s_r = params.layer_kernel_size
+        checks.append(("layer_kernel_size", est.layer_kernel_size == s_r,
+                       f"{s_r} (K_layers.shape[3])"))
     if isinstance(est.class_weight, list):
         checks.append(("class_weight", len(est.class_weight) == n_classes,
                        f"a list of {n_classes} weights (W.shape[1])"))
@@ -247,7 +277,7 @@ def load_segmenter(cls, path, *, xp=None, device=None):
         est = _fitted(cls, meta, params)
     except _Invalid as e:
         raise fail(e.args[0]) from None
-    for name, a in zip(("K", "b", "W", "c"), params):
+    for name, a in zip(type(params)._fields, params):
         if a is not None and not np.isfinite(a).all():
             raise fail(f"params.{name} holds non-finite values (NaN or infinity), "
                        "expected the finite parameters of a fitted model")

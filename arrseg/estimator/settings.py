@@ -21,9 +21,12 @@ from ..core import Options
 from ..methods import METHODS
 from ..numerics.activations import ACTIVATIONS
 from ..numerics.convolution import BOUNDARIES
+from ..numerics.residual import LAYERS, receptive_halo
 
-__all__ = ["DEFAULT_CROP_SIZE", "DEFAULT_LEARNING_RATES", "OPTIMIZERS", "FitSettings",
-           "PredictSettings", "check_predict_settings", "check_settings"]
+__all__ = ["DEFAULT_CROP_SIZE", "DEFAULT_DEPTH", "DEFAULT_DILATION", "DEFAULT_LAYER",
+           "DEFAULT_LAYER_KERNEL_SIZE", "DEFAULT_LEARNING_RATES", "DEFAULT_STEP",
+           "OPTIMIZERS", "FitSettings", "PredictSettings", "check_predict_settings",
+           "check_settings", "resolve_dilation"]
 
 #: Values accepted by ``optimizer=``.
 OPTIMIZERS = ("sgd", "adam", "varpro")
@@ -33,6 +36,20 @@ DEFAULT_LEARNING_RATES = {"sgd": 0.5, "adam": 0.03}
 #: ``crop_size=None``: images larger than this (in either direction) are
 #: trained on random crops of this size.
 DEFAULT_CROP_SIZE = 512
+
+# The residual layers' defaults, the Segmenter's constructor defaults (one
+# place: the signature reads them). Depth 0 is the one-layer network of
+# earlier releases; the others take effect only at depth > 0.
+#: ``depth=``: residual layers after the opening layer.
+DEFAULT_DEPTH = 0
+#: ``dilation=``: an int for every layer, a sequence, or "doubling".
+DEFAULT_DILATION = 1
+#: ``step=``: h of every residual layer.
+DEFAULT_STEP = 1.0
+#: ``layer=``: "residual" or "symmetric".
+DEFAULT_LAYER = "residual"
+#: ``layer_kernel_size=``: s_r, the residual layers' kernel size.
+DEFAULT_LAYER_KERNEL_SIZE = 3
 
 _WHERE = "Segmenter: "
 
@@ -68,11 +85,29 @@ class FitSettings:
     memory_budget: Any
     seed: Any
     verbose: bool
+    #: residual layers (0: the one-layer network)
+    depth: int = 0
+    #: d_j, one per residual layer (empty at depth 0)
+    dilation: tuple = ()
+    #: h, the residual layers' step
+    step: float = 1.0
+    #: "residual" or "symmetric"
+    layer: str = "residual"
+    #: s_r, odd
+    layer_kernel_size: int = 3
 
     @property
     def options(self):
         """The network's options, for :mod:`arrseg.core`."""
-        return Options(self.activation, self.boundary, self.method)
+        return Options(self.activation, self.boundary, self.method, self.dilation,
+                       self.step, self.layer)
+
+    @property
+    def halo(self):
+        """How far an output pixel reads, in pixels: the whole receptive
+        field's (:func:`arrseg.numerics.residual.receptive_halo`)."""
+        return receptive_halo(self.kernel_size, self.layer_kernel_size, self.dilation,
+                              self.layer)
 
 
 def _class_weight(cw):
@@ -100,11 +135,72 @@ class PredictSettings(NamedTuple):
     memory_budget: Any
 
 
-def _options(est):
+def resolve_dilation(dilation, depth, *, where=""):
+    """The dilations d_j of ``depth`` residual layers, as a tuple.
+
+    Parameters
+    ----------
+    dilation : int, sequence of int, or "doubling"
+        One dilation for every layer, one per layer (``depth`` of them), or
+        "doubling": 1, 2, 4, ..., 2**(depth - 1).
+    depth : int
+        Checked, >= 0.
+    where : str, default ""
+        Prefix of the messages.
+
+    Returns
+    -------
+    tuple of int
+        ``depth`` entries, each >= 1.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming ``dilation`` (or its entry) and the value received.
+
+    Examples
+    --------
+    >>> from arrseg.estimator.settings import resolve_dilation
+    >>> resolve_dilation("doubling", 4), resolve_dilation(2, 3)
+    ((1, 2, 4, 8), (2, 2, 2))
+    """
+    if isinstance(dilation, str):
+        if dilation != "doubling":
+            raise ValueError(f"{where}dilation must be an integer >= 1, a sequence of "
+                             f"depth = {depth} integers or 'doubling'; got "
+                             f"{dilation!r}")
+        return tuple(2**j for j in range(depth))
+    if isinstance(dilation, (list, tuple, np.ndarray)):
+        entries = list(dilation) if not isinstance(dilation, np.ndarray) else (
+            dilation.tolist() if dilation.ndim == 1 else None)
+        if entries is None or len(entries) != depth:
+            raise ValueError(f"{where}dilation must have one entry per residual layer "
+                             f"(depth = {depth}), got {dilation!r}")
+        return tuple(check_int(f"dilation[{i}]", d, 1, where=where)
+                     for i, d in enumerate(entries))
+    if isinstance(dilation, (bool, np.bool_)) or not isinstance(dilation,
+                                                                numbers.Integral):
+        raise TypeError(f"{where}dilation must be an integer >= 1, a sequence of "
+                        f"depth = {depth} integers or 'doubling'; got "
+                        f"{type(dilation).__name__} {dilation!r}")
+    return (check_int("dilation", dilation, 1, where=where),) * depth
+
+
+def _trunk(est, depth):
+    """(dilation tuple, step, layer) of the estimator, for ``depth`` layers."""
     w = _WHERE
+    layer = check_choice("layer", est.layer, LAYERS, where=w)
+    step = check_float("step", est.step, low_open=True, where=w)
+    return resolve_dilation(est.dilation, depth, where=w), step, layer
+
+
+def _options(est, depth):
+    w = _WHERE
+    dilation, step, layer = _trunk(est, depth)
     return Options(check_choice("activation", est.activation, tuple(ACTIVATIONS), where=w),
                    check_choice("boundary", est.boundary, BOUNDARIES, where=w),
-                   check_choice("method", est.method, METHODS, where=w))
+                   check_choice("method", est.method, METHODS, where=w),
+                   dilation, step, layer)
 
 
 def _tiles(est):
@@ -114,16 +210,23 @@ def _tiles(est):
     return tile, budget
 
 
-def check_predict_settings(est):
+def check_predict_settings(est, depth):
     """Check what prediction reads of the estimator ``est`` (the network's
     options and the tiling); see :func:`check_settings` for ``fit``.
+
+    Parameters
+    ----------
+    est : Segmenter
+    depth : int
+        The fitted parameters' depth: the dilations are fitted to it.
 
     Returns
     -------
     PredictSettings
     """
     tile, budget = _tiles(est)
-    return PredictSettings(_options(est), None if tile is None else (tile, tile), budget)
+    return PredictSettings(_options(est, depth), None if tile is None else (tile, tile),
+                           budget)
 
 
 def check_settings(est):
@@ -154,7 +257,13 @@ def check_settings(est):
         check_int("seed", est.seed, 0, where=w)
     if not isinstance(est.verbose, (bool, numbers.Integral)):
         raise TypeError(f"{w}verbose must be True or False, got {est.verbose!r}")
-    options = _options(est)
+    depth = check_int("depth", est.depth, 0, where=w)
+    s_r = check_int("layer_kernel_size", est.layer_kernel_size, 1, where=w)
+    if s_r % 2 == 0:
+        raise ValueError(f"{w}layer_kernel_size must be odd (the output keeps the "
+                         f"image's size), got {s_r}")
+    options = _options(est, depth)
+    halo = receptive_halo(s, s_r, options.dilation, options.layer)
     tile, budget = _tiles(est)
     return FitSettings(
         width=check_int("width", est.width, 1, where=w),
@@ -168,7 +277,9 @@ def check_settings(est):
         nesterov=nesterov,
         max_iter=check_int("max_iter", est.max_iter, 1, where=w),
         batch_size=check_int("batch_size", est.batch_size, 1, where=w),
-        crop_size=check_int("crop_size", est.crop_size, s, allow_none=True, where=w),
+        # a crop keeps at least one pixel inside its ignore border of the halo
+        crop_size=check_int("crop_size", est.crop_size, 2 * halo + 1, allow_none=True,
+                            where=w),
         weight_decay=check_float("weight_decay", est.weight_decay, where=w),
         smoothness=check_float("smoothness", est.smoothness, where=w),
         class_weight=_class_weight(est.class_weight),
@@ -184,4 +295,9 @@ def check_settings(est):
         memory_budget=budget,
         seed=est.seed,
         verbose=bool(est.verbose),
+        depth=depth,
+        dilation=options.dilation,
+        step=options.step,
+        layer=options.layer,
+        layer_kernel_size=s_r,
     )

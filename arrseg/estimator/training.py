@@ -251,6 +251,24 @@ def _stack(losses, xp):
     return xp.stack([xp.reshape(v, ()) for v in losses])
 
 
+def _smoothness_flat(params, alpha, layout, xp, dev):
+    """The smoothness regulariser of every kernel (K, and K_layers at depth
+    > 0) and its gradient as a flat vector in ``layout`` (zero on the other
+    fields)."""
+    value = None
+    parts = []
+    for name, a, span in zip(type(params)._fields, params, layout.spans):
+        if span is None:
+            continue
+        if name in ("K", "K_layers"):
+            v, d = smoothness_term(a, alpha)
+            value = v if value is None else value + v
+            parts.append(xp.reshape(d, (-1,)))
+        else:
+            parts.append(xp.zeros((span[1] - span[0],), dtype=a.dtype, device=dev))
+    return value, xp.concat(parts)
+
+
 def fit_first_order(est, xs, ys, host_labels, params, class_weight, settings, val,
                     monitor, progress, rng, xp, dev):
     """SGD or Adam on mini-batches; updates ``est``'s fitted attributes as it goes.
@@ -267,7 +285,7 @@ def fit_first_order(est, xs, ys, host_labels, params, class_weight, settings, va
         Normalised images (N, C, H, W) and int64 labels (N, H, W), on ``dev``.
     host_labels : list of ndarrays
         The labels on the host, for the crop plan.
-    params : Params
+    params : Params or ResidualParams
         Initial parameters, on ``dev``.
     class_weight : array (n_c,) or None
         On ``dev``, in the images' dtype.
@@ -299,11 +317,9 @@ def fit_first_order(est, xs, ys, host_labels, params, class_weight, settings, va
                 loss, g = core.loss_and_grad(xb, yb, current, options, class_weight,
                                              ignore, xp, flat=True)
                 if s.smoothness > 0:
-                    value, dK = smoothness_term(current.K, s.smoothness)
+                    value, dg = _smoothness_flat(current, s.smoothness, layout, xp, dev)
                     loss = loss + value
-                    g = g + xp.concat([xp.reshape(dK, (-1,)),
-                                       xp.zeros((layout.size - dK.size,), dtype=g.dtype,
-                                                device=dev)])
+                    g = g + dg
                 before.append(theta)
                 losses.append(loss)
                 # the weight decay's gradient, decay * theta, is added inside
@@ -337,6 +353,7 @@ def fit_varpro(est, xs, ys, params, class_weight, settings, val, monitor, progre
     """VarPro, full batch; updates ``est``'s fitted attributes as it goes."""
     s = settings
     vp = VarPro(activation=s.activation, boundary=s.boundary, method=s.method,
+                dilation=s.dilation, layer_step=s.step, layer=s.layer,
                 class_weight=class_weight, ignore_index=s.ignore_index,
                 weight_decay=s.weight_decay, smoothness=s.smoothness)
     params, _ = vp.start(xs, ys, params)

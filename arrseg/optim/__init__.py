@@ -15,10 +15,14 @@ Second-order and structured methods:
     Newton-CG for the convex classifier problem in (W, c) on fixed features,
     with matrix-free Hessian-vector products.
 :class:`VarPro`
-    Variable projection: L-BFGS on the reduced objective of (K, b), the
+    Variable projection: L-BFGS on the reduced objective of the feature
+    parameters ((K, b), and the residual layers' (K_layers, b_layers)), the
     classifier eliminated by Newton-CG.
 
-Regularisation: :func:`tikhonov` (weight decay on K and W),
+Every optimizer takes :class:`~arrseg.Params` and
+:class:`~arrseg.ResidualParams` alike (field by field, None fields kept).
+
+Regularisation: :func:`tikhonov` (weight decay on K, W and K_layers),
 :func:`smoothness` (the discrete gradient of each kernel), and
 :class:`Regularization` combining them.
 

@@ -18,7 +18,6 @@ from array_api_compat import array_namespace
 
 from .._backend import to_numpy
 from ..overflow import NonFiniteError
-from ..params import Params
 from .flat import scalars
 
 __all__ = [

@@ -1,5 +1,10 @@
 """Newton-CG for the classifier (W, c) on fixed features Y1.
 
+The features are whatever feeds the classifier: the opening layer's Y1, or
+Y_L after the residual layers (:func:`arrseg.core.features`); the problem
+in (W, c) is the same at every depth, so this module knows nothing of the
+layers (VarPro, :mod:`arrseg.optim.varpro`, optimises those).
+
 With the features Y1 (N, k, P) fixed, the objective in (W, c)::
 
     E(W, c) = sum_x omega(x) (-log P_{y(x)}(x)) + alpha/2 ||W||^2,

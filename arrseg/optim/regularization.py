@@ -7,6 +7,9 @@
 
   The biases b and c are not penalised.
 
+  With residual layers (:class:`~arrseg.ResidualParams`) their kernels
+  K_layers are decayed too, their biases b_layers are not.
+
 * Smoothness of each kernel (the course's regulariser on theta)::
 
       R_S(theta) = alpha/2 sum_{i,j} (||D_1 theta_ij||^2 + ||D_2 theta_ij||^2),
@@ -16,6 +19,13 @@
   D_1, D_2 are forward differences along its two spatial axes
   ((D_1 t)[a, b] = t[a + 1, b] - t[a, b], a = 0..s-2: no boundary term, so
   constant kernels cost nothing). For s = 1 it is 0.
+
+  It applies to every kernel of the network: the opening layer's theta_ij
+  and, with residual layers, each s_r x s_r kernel of K_layers (a dilated
+  kernel's taps are d_j pixels apart, but the regulariser compares
+  neighbouring taps all the same: it asks each layer's filter to vary
+  slowly over its own support). Smoothness *between* layers (in the
+  ODE's time) is not part of it.
 
 Values are 0-d arrays in the parameters' namespace (no host transfer), like
 the loss of :func:`arrseg.loss_and_grad`, so they can be added to it.
@@ -108,14 +118,17 @@ def smoothness(K, alpha):
 
     Parameters
     ----------
-    K : array, shape (k, C, s, s)
+    K : array, shape (..., s, s)
+        The kernels: (k, C, s, s) of the opening layer, or the residual
+        layers' (depth, k, k, s_r, s_r); the differences are taken along the
+        last two axes.
     alpha : float
         Non-negative.
 
     Returns
     -------
     value : 0-d array
-    dK : array, shape (k, C, s, s)
+    dK : array, K's shape
 
     Examples
     --------
@@ -147,8 +160,9 @@ def smoothness(K, alpha):
 class Regularization:
     """Tikhonov (weight decay) plus smoothness, as one value and gradient.
 
-    ``R(params) = weight_decay/2 (||K||^2 + ||W||^2)
-    + smoothness/2 sum ||grad theta_ij||^2``.
+    ``R(params) = weight_decay/2 (||K||^2 + ||W||^2 + ||K_layers||^2)
+    + smoothness/2 sum ||grad theta_ij||^2``, the last sum over every kernel
+    (the residual layers' included).
 
     Parameters
     ----------
@@ -181,6 +195,10 @@ class Regularization:
             v, dK = smoothness(params.K, self.smoothness)
             value = value + v
             grads = grads._replace(K=grads.K + dK)
+            if params.K_layers is not None:
+                v, dK = smoothness(params.K_layers, self.smoothness)
+                value = value + v
+                grads = grads._replace(K_layers=grads.K_layers + dK)
         return value, grads
 
     def __repr__(self):

@@ -4,20 +4,31 @@ The classifier (W, c) enters the loss through a convex problem once the
 features are fixed, so following Newman, Ruthotto, Hart & van Bloemen
 Waanders, "Train Like a (Var)Pro: Efficient Training of Neural Networks
 with Variable Projection" (SIAM J. Math. Data Sci., 2021), training
-minimises the reduced objective of the feature parameters (K, b) alone::
+minimises the reduced objective of the feature parameters alone,
+theta = (K, b) of the one-layer network or theta = (K, b, K_layers,
+b_layers) with residual layers::
 
-    Phi(K, b) = min_{W, c} E(K, b, W, c) + alpha/2 ||W||^2
-                + alpha/2 ||K||^2 + R_S(K)
+    Phi(theta) = min_{W, c} E(theta, W, c) + alpha/2 ||W||^2
+                 + alpha/2 (||K||^2 + ||K_layers||^2) + R_S(K, K_layers)
 
 (E the weighted mean cross-entropy, alpha the weight decay, R_S the
-smoothness regulariser of :mod:`arrseg.optim.regularization`).
+smoothness regulariser of :mod:`arrseg.optim.regularization`, on every
+kernel).
 
-* Inner problem: for the current features Y1 = sigma(K Y0 + b), the minimiser
+* Inner problem: for the current features, Y1 = sigma(K Y0 + b) or Y_L
+  after the residual layers (:func:`arrseg.core.features`), the minimiser
   (W*, c*) is found by Newton-CG (:mod:`arrseg.optim.newton_cg`),
   warm-started from the previous (W*, c*), on the labelled pixels only.
-* Reduced gradient: since grad_{W,c} E = 0 at (W*, c*), the gradient of Phi
-  is the partial gradient of E in (K, b) at (K, b, W*, c*) (plus the
-  regularisers'), which :func:`arrseg.loss_and_grad` computes.
+  E depends on theta only through the features, so the inner problem is
+  the same convex classifier problem at every depth.
+* Reduced gradient: Phi(theta) = F(theta, W*(theta), c*(theta)), so
+  dPhi/dtheta = d_theta F + (d_{W,c} F) dW*/dtheta, and d_{W,c} F = 0 at
+  the inner minimiser: the gradient of Phi is the partial gradient of the
+  regularised loss in theta at (theta, W*, c*), which
+  :func:`arrseg.loss_and_grad` computes (its (K, b, K_layers, b_layers)
+  fields; the (W, c) fields are the inner gradient, ~0, and are dropped).
+  With an inexact inner solve the error is of the order of the inner
+  gradient's norm, which the inner tolerance ties to the outer gradient's.
 * Outer step: the paper uses Gauss-Newton-Krylov; here it is **L-BFGS**
   (memory ``memory``, initial scaling s^T y / y^T y) with an **Armijo
   backtracking line search** on Phi, starting at step 1. A trial point is
@@ -40,9 +51,9 @@ from array_api_compat import array_namespace
 
 from .. import core
 from .._backend import to_numpy
-from .._validation import check_call, check_options
+from .._validation import check_call, check_options, fit_options
 from ..network import DEFAULT_IGNORE_INDEX
-from ..params import Params
+from ..params import Params, ResidualParams, params_like
 from .base import (
     NonFiniteLossError,
     all_finite,
@@ -59,19 +70,26 @@ __all__ = ["VarPro"]
 
 
 class VarPro:
-    """Variable projection with an L-BFGS outer iteration on (K, b).
+    """Variable projection with an L-BFGS outer iteration on the feature
+    parameters: (K, b), and (K_layers, b_layers) with residual layers.
 
     Parameters
     ----------
-    activation, boundary, method
-        As for :func:`arrseg.loss_and_grad`.
+    activation, boundary, method, dilation, layer
+        As for :func:`arrseg.loss_and_grad` (the last two are the residual
+        layers', unused at depth 0; ``dilation`` is fitted to the
+        parameters' depth in :meth:`set_data`).
+    layer_step : float, default 1.0
+        h, the residual layers' step: ``step=`` of :func:`arrseg.loss_and_grad`
+        (named apart from :meth:`step`, the outer iteration).
     class_weight : array or sequence, shape (n_c,), optional
     ignore_index : int, default -100
     weight_decay : float, default 1e-4
-        alpha of ``alpha/2 (||K||^2 + ||W||^2)``; it also makes the inner
-        problem strictly convex, so keep it positive.
+        alpha of ``alpha/2 (||K||^2 + ||W||^2 + ||K_layers||^2)``; it also
+        makes the inner problem strictly convex, so keep it positive.
     smoothness : float, default 0.0
-        Coefficient of the kernels' smoothness regulariser.
+        Coefficient of the kernels' smoothness regulariser (every kernel,
+        K_layers included).
     memory : int, default 10
         L-BFGS pairs kept.
     inner_tol : float, optional
@@ -93,8 +111,8 @@ class VarPro:
 
     Attributes
     ----------
-    params : Params
-        Current (K, b, W*, c*).
+    params : Params or ResidualParams
+        Current (K, b, W*, c*[, K_layers, b_layers]).
     loss : float
         Phi at ``params``.
     grad_norm : float
@@ -119,10 +137,12 @@ class VarPro:
     """
 
     def __init__(self, *, activation="tanh", boundary="zeros", method="auto",
+                 dilation=1, layer_step=1.0, layer="residual",
                  class_weight=None, ignore_index=DEFAULT_IGNORE_INDEX,
                  weight_decay=1e-4, smoothness=0.0, memory=10, inner_tol=None,
                  inner_rtol=1e-1, inner_max_iter=20, cg_max_iter=10, c1=1e-4, max_backtracks=20):
         self.activation, self.boundary, self.method = activation, boundary, method
+        self.dilation, self.layer_step, self.layer = dilation, layer_step, layer
         self.class_weight = class_weight
         self.ignore_index = int(ignore_index)
         self.weight_decay = float(weight_decay)
@@ -151,7 +171,9 @@ class VarPro:
             raise ValueError(f"x and labels must have the same number of groups, "
                              f"got {len(xs)} and {len(ys)}")
         self._groups = []
-        self._options = check_options(self.activation, self.boundary, self.method)
+        self._options = fit_options(
+            check_options(self.activation, self.boundary, self.method, self.dilation,
+                          self.layer_step, self.layer), params.depth)
         n_c = params.n_classes
         for xg, yg in zip(xs, ys):
             # the data's one check; every evaluation then runs the core
@@ -169,11 +191,12 @@ class VarPro:
         self._total_weight = sum(g[2] for g in self._groups)
         self._n_classes = n_c
 
-    def _inner_problem(self, K, b):
+    def _inner_problem(self, K, b, layers=None):
+        """The classifier problem on the features of (K, b[, layers])."""
         xp = self._xp
         Ys, labs = [], []
         for x, lab, _, index in self._groups:
-            Y = pixels_last(self._features(x, K, b, xp), xp)
+            Y = pixels_last(self._features(x, K, b, layers, xp), xp)
             lab = xp.reshape(lab, (-1,))
             if index is not None:
                 Y = gather_pixels(Y, index, xp)
@@ -187,24 +210,52 @@ class VarPro:
                                  ignore_index=self.ignore_index,
                                  weight_decay=self.weight_decay, index=None)
 
-    def _features(self, x, K, b, xp):
-        """Y1 (N, k, H*W) of the current convolution, on the path the one
+    def _features(self, x, K, b, layers, xp):
+        """The classifier's input (N, k, H*W): Y1, or Y_L after the residual
+        layers ``layers = (K_layers, b_layers)``, on the path the one
         dispatcher picks (:func:`arrseg.core.features`)."""
-        return core.features(x, K, b, self._options, xp)
+        return core.features(x, K, b, self._options, xp, layers=layers)
 
-    def _outer_regularization(self, K):
+    def _kernel_regularization(self, K):
+        """Weight decay and smoothness of one kernel array: (0-d value, grad)."""
         xp = array_namespace(K)
         value = (self.weight_decay / 2) * xp.sum(K * K)
         grad = self.weight_decay * K
         if self.smoothness > 0:
             v, g = smoothness_term(K, self.smoothness)
             value, grad = value + v, grad + g
-        return float(value), grad
+        return value, grad
+
+    def _outer_regularization(self, z):
+        """The regularisers of the outer variables z: (float value, dK,
+        dK_layers or None); the biases are not penalised."""
+        value, dK = self._kernel_regularization(z.K)
+        dK_layers = None
+        if z.K_layers is not None:
+            v, dK_layers = self._kernel_regularization(z.K_layers)
+            value = value + v
+        return float(value), dK, dK_layers
 
     # -- the reduced objective ----------------------------------------------
 
-    def reduced_loss(self, K, b, W0, c0):
-        """Phi(K, b) and the inner minimiser, from the start (W0, c0).
+    @staticmethod
+    def _outer(K, b, layers):
+        """The outer variables as a parameter tuple with W and c None."""
+        if layers is None:
+            return Params(K, b, None, None)
+        return ResidualParams(K, b, None, None, *layers)
+
+    def reduced_loss(self, K, b, W0, c0, *, layers=None):
+        """Phi(K, b[, K_layers, b_layers]) and the inner minimiser, from the
+        start (W0, c0).
+
+        Parameters
+        ----------
+        K, b : arrays
+        W0, c0 : arrays
+            The inner solve's start; c0 None fits no bias.
+        layers : (K_layers, b_layers), optional
+            The residual layers' parameters (depth > 0).
 
         Returns
         -------
@@ -212,52 +263,69 @@ class VarPro:
         W, c : arrays
             (W*, c*); c is None when c0 is.
         """
+        return self._phi(self._outer(K, b, layers), W0, c0)
+
+    def _phi(self, z, W0, c0):
+        """:meth:`reduced_loss` at the outer variables z."""
         tol = self.inner_tol
+        K = z.K
         if tol is None:
             tol = math.sqrt(float(array_namespace(K).finfo(K.dtype).eps))
         if self.params is not None and self.inner_rtol > 0:
             tol = max(tol, self.inner_rtol * self.grad_norm)
-        res = self._inner_problem(K, b).solve(
+        layers = None if z.K_layers is None else (z.K_layers, z.b_layers)
+        res = self._inner_problem(z.K, z.b, layers).solve(
             W0, c0, tol=tol, max_iter=self.inner_max_iter,
             cg_max_iter=self.cg_max_iter)
         self.n_evaluations = getattr(self, "n_evaluations", 0) + 1
-        return res.loss + self._outer_regularization(K)[0], res.W, res.c
+        return res.loss + self._outer_regularization(z)[0], res.W, res.c
 
     def reduced_gradient(self, params):
-        """grad Phi in (K, b) at params = (K, b, W*, c*): the partial gradient
-        of the regularised loss in (K, b), as ``Params(dK, db, None, None)``."""
-        dK = db = None
+        """grad Phi in the outer variables at params = (K, b, W*, c*[,
+        K_layers, b_layers]): the partial gradient of the regularised loss in
+        (K, b[, K_layers, b_layers]), as a parameter tuple of params' class
+        with W and c None (``Params(dK, db, None, None)`` at depth 0)."""
+        g_outer = None
         for x, lab, weight, _ in self._groups:
             _, g = core.loss_and_grad(x, lab, params, self._options, self._class_weight,
                                       self.ignore_index, self._xp)
+            g = params_like(params, g)._replace(W=None, c=None)
             share = weight / self._total_weight if self._total_weight else 0.0
-            dK = share * g[0] if dK is None else dK + share * g[0]
-            db = share * g[1] if db is None else db + share * g[1]
-        dK = dK + self._outer_regularization(params.K)[1]
-        return Params(dK, db, None, None)
+            g_outer = (tree_scale(share, g) if g_outer is None
+                       else tree_axpy(g_outer, share, g))
+        _, dK, dK_layers = self._outer_regularization(params)
+        g_outer = g_outer._replace(K=g_outer.K + dK)
+        if dK_layers is not None:
+            g_outer = g_outer._replace(K_layers=g_outer.K_layers + dK_layers)
+        return g_outer
 
-    def reduced_loss_and_grad(self, K, b, W0, c0=None):
-        """``(phi, Params(dK, db, None, None), W*, c*)`` at (K, b), the inner
-        problem solved from (W0, c0). Needs :meth:`set_data` (or
-        :meth:`start`) first."""
-        phi, W, c = self.reduced_loss(K, b, W0, c0)
-        return phi, self.reduced_gradient(Params(K, b, W, c)), W, c
+    def reduced_loss_and_grad(self, K, b, W0, c0=None, *, layers=None):
+        """``(phi, grad, W*, c*)`` at (K, b[, layers]), the inner problem
+        solved from (W0, c0); grad is ``Params(dK, db, None, None)``, or a
+        ResidualParams with the layers' gradients when ``layers = (K_layers,
+        b_layers)`` is given. Needs :meth:`set_data` (or :meth:`start`)
+        first."""
+        z = self._outer(K, b, layers)
+        phi, W, c = self._phi(z, W0, c0)
+        return phi, self.reduced_gradient(z._replace(W=W, c=c)), W, c
 
     # -- the outer iteration --------------------------------------------------
 
     def start(self, x, labels, params):
-        """Keep the data, solve the inner problem at params' (K, b) from
-        params' (W, c); return ``(params with W*, c*, Phi)``."""
+        """Keep the data, solve the inner problem at params' feature
+        parameters from params' (W, c); return ``(params with W*, c*, Phi)``."""
         self.set_data(x, labels, params)
         if params.K.dtype != self._dtype:  # the core computes in the data's dtype
-            params = Params(*(None if v is None else self._xp.astype(v, self._dtype)
-                              for v in params))
+            params = params_like(params, (None if v is None
+                                          else self._xp.astype(v, self._dtype)
+                                          for v in params))
         self.params = None  # the first inner solve uses inner_tol alone
         self.n_evaluations = 0
         self.n_iter = 0
-        phi, grad, W, c = self.reduced_loss_and_grad(params.K, params.b,
-                                                     params.W, params.c)
-        self.params = Params(params.K, params.b, W, c)
+        z = params._replace(W=None, c=None)
+        phi, W, c = self._phi(z, params.W, params.c)
+        grad = self.reduced_gradient(z._replace(W=W, c=c))
+        self.params = z._replace(W=W, c=c)
         if not (math.isfinite(phi) and all_finite(*grad)):
             raise NonFiniteLossError(
                 f"the VarPro objective is {phi} at the starting point "
@@ -298,7 +366,7 @@ class VarPro:
         if self.stalled:
             return self.params, self.loss
         p, g = self.params, self._grad
-        z = Params(p.K, p.b, None, None)
+        z = p._replace(W=None, c=None)
         for attempt in ("lbfgs", "gradient"):
             if attempt == "lbfgs":
                 d = self._direction(g)
@@ -311,14 +379,14 @@ class VarPro:
             t = 1.0
             for _ in range(self.max_backtracks):
                 trial = tree_axpy(z, t, d)
-                phi, W, c = self.reduced_loss(trial.K, trial.b, p.W, p.c)
+                phi, W, c = self._phi(trial, p.W, p.c)
                 if math.isfinite(phi) and phi <= self.loss + self.c1 * t * slope:
                     break
                 t *= 0.5
             else:
                 self._pairs = []  # no decrease along d
                 continue
-            new = Params(trial.K, trial.b, W, c)
+            new = trial._replace(W=W, c=c)
             g_new = self.reduced_gradient(new)
             s = tree_scale(t, d)
             y = tree_map(lambda u, v: u - v, g_new, g)
