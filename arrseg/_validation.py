@@ -47,18 +47,28 @@ CHECK_NAMES = ("x", "params.K", "params.b", "params.W", "params.c", "labels",
                "class_weight")
 
 
+#: The largest dilation accepted: its taps are this many pixels apart.
+MAX_DILATION = 4096
+
+
 def check_dilation(dilation, *, where=""):
-    """``dilation`` as an int >= 1 or a tuple of them, checked.
+    """``dilation`` as an int in [1, :data:`MAX_DILATION`] or a tuple of them.
 
     Raises
     ------
     TypeError, ValueError
         Naming ``dilation`` and the entry that is wrong.
     """
+    def one(name, d):
+        d = check_int(name, d, 1, where=where)
+        if d > MAX_DILATION:
+            raise ValueError(f"{where}{name} must be at most {MAX_DILATION} (the taps "
+                             f"are that many pixels apart), got {d}")
+        return d
+
     if isinstance(dilation, (list, tuple)):
-        return tuple(check_int(f"dilation[{i}]", d, 1, where=where)
-                     for i, d in enumerate(dilation))
-    return check_int("dilation", dilation, 1, where=where)
+        return tuple(one(f"dilation[{i}]", d) for i, d in enumerate(dilation))
+    return one("dilation", dilation)
 
 
 def check_options(activation, boundary, method, dilation=1, step=1.0,
@@ -77,10 +87,13 @@ def check_options(activation, boundary, method, dilation=1, step=1.0,
     return Options(activation, boundary, method, dilation, step, layer)
 
 
-def fit_options(options, depth):
+def fit_options(options, depth, *, params=None, x_shape=None):
     """``options`` with one dilation per residual layer of ``depth``.
 
     An int dilation is repeated; a sequence must have ``depth`` entries.
+    With ``params`` and ``x_shape`` (N, C, H, W), the size of one padded
+    feature array of the widest dilation, (N, k, H + 2p, W + 2p) with
+    p = d (s_r // 2), is checked before anything is allocated.
     """
     d = options.dilation
     if isinstance(d, int):
@@ -89,6 +102,13 @@ def fit_options(options, depth):
         raise ValueError(
             f"dilation must have one entry per residual layer: params has depth "
             f"{depth} (params.K_layers.shape[0]), got {len(d)} dilation(s) {d}")
+    if depth and params is not None and x_shape is not None:
+        N, _, H, W = (int(n) for n in x_shape)
+        p = max(d) * (params.layer_kernel_size // 2)
+        check_bytes(f"a residual layer's padded features (N, k, H + 2p, W + 2p) = "
+                    f"{(N, params.width, H + 2 * p, W + 2 * p)} with dilation "
+                    f"{max(d)}", 8 * N * params.width * (H + 2 * p) * (W + 2 * p),
+                    "pass smaller dilations or fewer images")
     return dataclasses.replace(options, dilation=tuple(d))
 
 

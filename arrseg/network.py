@@ -105,7 +105,8 @@ def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="aut
     """
     options = check_options(activation, boundary, method, dilation, step, layer)
     a = check_call(x, params, defer=True)
-    options = fit_options(options, a.params.depth)
+    options = fit_options(options, a.params.depth, params=a.params,
+                          x_shape=a.x.shape)
     with quiet_overflow():                                 # checked below
         P = core.forward(a.x, a.params, options, a.xp, out_dtype=a.out_dtype)
         probe = sum_probe([P], a.xp)
@@ -202,7 +203,8 @@ def loss_and_grad(
     """
     options = check_options(activation, boundary, method, dilation, step, layer)
     a = check_call(x, params, labels, class_weight, ignore_index, defer=True)
-    options = fit_options(options, a.params.depth)
+    options = fit_options(options, a.params.depth, params=a.params,
+                          x_shape=a.x.shape)
     xp = a.xp
     with quiet_overflow():                                 # checked below
         loss, grads = core.loss_and_grad(a.x, a.labels, a.params, options,

@@ -230,3 +230,14 @@ def test_layers_of_the_wrong_type_are_named(deep, field, value, pattern):
 def test_init_params_names_depth_and_layer_kernel_size(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         arrseg.init_params(C, K, N_C, **kwargs)
+
+
+def test_dilation_beyond_the_cap_is_refused_by_name(deep):
+    from arrseg._validation import MAX_DILATION
+
+    x, y, p = deep
+    for _, call in calls(x, y):
+        raises(call, ValueError, r"^dilation must be at most 4096", p,
+               dilation=MAX_DILATION + 1)
+        raises(call, ValueError, r"^dilation\[1\] must be at most 4096", p,
+               dilation=[1, MAX_DILATION + 1] + [1] * (p.depth - 2))
