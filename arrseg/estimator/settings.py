@@ -191,7 +191,11 @@ def _trunk(est, depth):
     w = _WHERE
     layer = check_choice("layer", est.layer, LAYERS, where=w)
     step = check_float("step", est.step, low_open=True, where=w)
-    return resolve_dilation(est.dilation, depth, where=w), step, layer
+    from .._validation import check_dilation
+
+    # within MAX_DILATION ("doubling" past 13 layers is not)
+    dilation = check_dilation(resolve_dilation(est.dilation, depth, where=w), where=w)
+    return dilation, step, layer
 
 
 def _options(est, depth):
