@@ -309,9 +309,9 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index, xp, *,
 def _deep_forward(x, params, options, xp, path, out_dtype):
     """P of a network with residual layers, on the path chosen."""
     if path == "blocked":
-        from .cpu import residual_blocked
+        from .cpu import residual
 
-        return residual_blocked.forward(x, params, options, out_dtype=out_dtype)
+        return residual.forward(x, params, options, out_dtype=out_dtype)
     P = forward_backward.forward(x, params, options.activation, options.boundary, xp,
                                  conv=_convolution(path), trunk=options.trunk)
     if out_dtype is not None and P.dtype != out_dtype:
@@ -323,9 +323,9 @@ def _deep_loss_and_grad(x, labels, params, options, class_weight, ignore_index, 
                         path):
     """Loss and the 6 gradients of a network with residual layers."""
     if path == "blocked":
-        from .cpu import residual_blocked
+        from .cpu import residual
 
-        return residual_blocked.loss_and_grad(x, labels, params, options,
+        return residual.loss_and_grad(x, labels, params, options,
                                               class_weight, ignore_index)
     return forward_backward.loss_and_grad(
         x, labels, params, options.activation, options.boundary, class_weight,
@@ -345,9 +345,9 @@ def features(x, K, b, options, xp, layers=None):
     path = _path(options, x, K, 2, xp, "features", layers=K_layers)
     if K_layers is not None:
         if path == "blocked":
-            from .cpu import residual_blocked
+            from .cpu import residual
 
-            return residual_blocked.features(x, K, b, layers, options)
+            return residual.features(x, K, b, layers, options)
         return forward_backward.features(x, K, b, options.activation,
                                          options.boundary, xp, conv=_convolution(path),
                                          layers=layers, trunk=options.trunk)

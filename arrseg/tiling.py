@@ -149,7 +149,7 @@ def working_bytes(path, N, C, H, W, k, n_c, s, itemsize, *, depth=0):
         Bytes per number of the compute dtype.
     depth : int, default 0
         The residual layers (their path holds whole-image arrays on NumPy
-        too: :mod:`arrseg.cpu.residual_blocked`).
+        too: :mod:`arrseg.cpu.residual`).
 
     Returns
     -------

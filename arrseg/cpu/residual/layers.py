@@ -1,0 +1,220 @@
+"""The residual NumPy path's building blocks: activations, padded row
+buffers, the im2col convolution of a block of rows, the network's layers.
+
+Shared by :mod:`~arrseg.cpu.residual.training` and
+:mod:`~arrseg.cpu.residual.prediction`; see :mod:`arrseg.cpu.residual`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..blocked import MAX_CHUNKS
+
+__all__ = ["BLOCK_PIXELS", "Conv", "Net", "Rows", "Workspace", "activate", "chunk_blocks",
+           "fill_batch", "ordered_sum", "padded_batch"]
+
+#: Output pixels of one im2col block (R = BLOCK_PIXELS // W rows, at least
+#: one). At k = 16, s_r = 3 in float32, PT is 145 x 4096 x 4 B = 2.4 MB.
+#: Measured (N = 4, 256 x 256, k = 16, depth 2 to 6, 2 threads): 2048,
+#: 4096 and 8192 were within the noise of the shared machine (+-10%).
+BLOCK_PIXELS = 4096
+
+
+# ----------------------------------------------------------- activations
+
+def activate(name, A, D=None):
+    """A = sigma(Z) in place from A = Z; with D, also D = sigma'(Z) (D may
+    be a strided view of A's shape)."""
+    if name == "tanh":
+        np.tanh(A, out=A)
+        if D is not None:
+            np.multiply(A, A, out=D)
+            np.subtract(1, D, out=D)
+    elif name == "relu":
+        if D is not None:
+            np.greater(A, 0, out=D, casting="unsafe")
+        np.maximum(A, 0, out=A)
+    elif name == "sigmoid":
+        # 1 / (1 + exp(-z)); exp(-z) = inf gives the exact 0
+        np.negative(A, out=A)
+        np.exp(A, out=A)
+        A += 1
+        np.divide(1, A, out=A)
+        if D is not None:
+            np.subtract(1, A, out=D)
+            D *= A
+    # identity: A = Z, and D is not kept (sigma' = 1)
+
+
+# ----------------------------------------------------------- workspace
+
+class Workspace(threading.local):
+    """One thread's scratch arrays, by name, grown on demand."""
+
+    def get(self, name, shape, dtype):
+        """A C-contiguous array of ``shape`` (contents undefined)."""
+        size = math.prod(shape)
+        store = self.__dict__.get(name)
+        if store is None or store.size < size or store.dtype != dtype:
+            store = np.empty(size, dtype)
+            self.__dict__[name] = store
+        return store[:size].reshape(shape)
+
+
+class Rows:
+    """Rows of one image's channels in a padded buffer.
+
+    ``array`` (c, rows, W + 2Q): buffer row i holds image row ``first + i``
+    (taken modulo H, or zero outside the image, as the boundary says);
+    image column j sits at buffer column j + Q.
+    """
+
+    __slots__ = ("array", "first", "Q", "W")
+
+    def __init__(self, array, first, Q, W):
+        self.array, self.first, self.Q, self.W = array, first, Q, W
+
+    def interior(self, i0, i1):
+        """The view (c, i1 - i0, W) of image rows [i0, i1)."""
+        return self.array[:, i0 - self.first : i1 - self.first, self.Q : self.Q + self.W]
+
+    def fill(self, boundary, lo, hi, H):
+        """Fill the rows outside [lo, hi) (computed) and the column pads:
+        zeros, or wrapped copies of the computed rows (periodic)."""
+        a, Q, W = self.array, self.Q, self.W
+        top, bottom = lo - self.first, hi - self.first
+        if boundary == "zeros":
+            a[:, :top] = 0
+            a[:, bottom:] = 0
+            if Q:
+                a[:, top:bottom, :Q] = 0
+                a[:, top:bottom, Q + W :] = 0
+            return
+        rows = np.arange(self.first, self.first + a.shape[1])
+        outside = (rows < lo) | (rows >= hi)
+        if outside.any():  # whole images only: lo = 0, hi = H
+            a[:, outside] = a[:, (rows[outside] % H) - self.first]
+        if Q:
+            cols = np.arange(-Q, W + Q)
+            pads = (cols < 0) | (cols >= W)
+            a[:, :, pads] = a[:, :, (cols[pads] % W) + Q]
+
+
+def padded_batch(shape, Q, dtype):
+    """Zeros (N, c, H + 2Q, W + 2Q)."""
+    N, c, H, W = shape
+    return np.zeros((N, c, H + 2 * Q, W + 2 * Q), dtype)
+
+
+def fill_batch(buffer, Q, boundary, H, W):
+    """The pads of a batch buffer from its interior (periodic; zeros stay)."""
+    if boundary == "periodic" and Q:
+        for n in range(buffer.shape[0]):
+            Rows(buffer[n], -Q, Q, W).fill(boundary, 0, H, H)
+
+
+# ----------------------------------------------------------- convolution
+
+class Conv:
+    """One convolution: kernel size s, dilation d, pad P = d (s // 2), and
+    its packed kernels: Kb (k_out, c*s*s + 1) = [K | b]; Kf (c, k_out*s*s),
+    the adjoint's flipped, transposed kernel (made on first use)."""
+
+    def __init__(self, K, b, d, dtype):
+        self.k, self.c, self.s = K.shape[0], K.shape[1], K.shape[2]
+        self.d, self.P = d, d * (K.shape[2] // 2)
+        self.CS = self.c * self.s * self.s
+        self.K = K
+        self.Kb = np.empty((self.k, self.CS + 1), dtype)
+        self.Kb[:, : self.CS] = K.reshape(self.k, self.CS)
+        self.Kb[:, self.CS] = 0 if b is None else b
+        self._Kf = None
+
+    @property
+    def Kf(self):
+        if self._Kf is None:
+            self._Kf = np.ascontiguousarray(
+                np.swapaxes(self.K, 0, 1)[:, :, ::-1, ::-1]).reshape(self.c, -1)
+        return self._Kf
+
+    def patches(self, src, i0, rows, ws, name="PT", adjoint=False):
+        """PT (c_in*s*s + 1, rows*W) of output rows [i0, i0 + rows) read from
+        ``src`` (a :class:`Rows` with Q >= P); the adjoint reads k_out
+        channels."""
+        c = self.k if adjoint else self.c
+        s, d, W = self.s, self.d, src.W
+        CS = c * s * s
+        PT = ws.get(name, (CS + 1, rows * W), src.array.dtype)
+        base = src.array[:, i0 - self.P - src.first :, src.Q - self.P :]
+        st = base.strides
+        view = as_strided(base, shape=(c, s, s, rows, W),
+                          strides=(st[0], d * st[1], d * st[2], st[1], st[2]),
+                          writeable=False)
+        np.copyto(PT[:CS].reshape(c, s, s, rows, W), view)
+        PT[CS] = 1
+        return PT
+
+    def apply(self, src, i0, rows, ws, out, *, adjoint=False, PT=None):
+        """out (k, rows*W) = [K | b] PT (forward) or K^T PT (adjoint, no bias)."""
+        if PT is None:
+            PT = self.patches(src, i0, rows, ws, adjoint=adjoint)
+        if adjoint:
+            np.matmul(self.Kf, PT[:-1], out=out)
+        else:
+            np.matmul(self.Kb, PT, out=out)
+        return PT
+
+
+class Net:
+    """The packed network of one call: opening convolution, layers, classifier."""
+
+    def __init__(self, x, K, b, layers, options, W=None, c=None):
+        dtype = x.dtype
+        self.dtype = dtype
+        self.N, self.C, self.H, self.W = x.shape
+        self.k = K.shape[0]
+        self.activation, self.boundary = options.activation, options.boundary
+        trunk = options.trunk
+        self.h, self.symmetric = float(trunk.step), trunk.layer == "symmetric"
+        self.opening = Conv(K, b, 1, dtype)
+        K_layers, b_layers = layers
+        self.layers = [Conv(K_layers[j], b_layers[j], int(d), dtype)
+                       for j, d in enumerate(trunk.dilation)]
+        self.depth = len(self.layers)
+        if W is not None:
+            self.n_c = W.shape[1]
+            self.Wt = np.ascontiguousarray(W.T)  # (n_c, k)
+            self.Wc = np.ascontiguousarray(W)  # (k, n_c)
+            self.c = None if c is None else c[:, None]
+        self.rows = max(1, min(self.H, BLOCK_PIXELS // self.W))
+
+    def blocks(self):
+        """(image, first row, rows) of every block, in order."""
+        return [(n, r0, min(self.rows, self.H - r0))
+                for n in range(self.N) for r0 in range(0, self.H, self.rows)]
+
+    def scaled(self, A):
+        """A *= h (in place) unless h = 1."""
+        if self.h != 1.0:
+            A *= self.h
+        return A
+
+
+# ----------------------------------------------------------- training
+
+def chunk_blocks(blocks):
+    size = math.ceil(len(blocks) / MAX_CHUNKS)
+    return [blocks[i : i + size] for i in range(0, len(blocks), size)]
+
+
+def ordered_sum(parts):
+    """Sum of float64 arrays in list order (deterministic)."""
+    total = parts[0].copy()
+    for p in parts[1:]:
+        total += p
+    return total
