@@ -72,11 +72,13 @@ MEMORY_LIMIT_BYTES = 64 * 2**20
 
 # -- valid model files ------------------------------------------------------------
 
-def _fitted_segmenter():
-    """A Segmenter in the state fit leaves it (set directly: no training)."""
+def _fitted_segmenter(depth=0):
+    """A Segmenter in the state fit leaves it (set directly: no training);
+    with ``depth`` residual layers of doubling dilations."""
     est = arrseg.Segmenter(width=4, kernel_size=3, class_weight="balanced",
-                           early_stopping=True)
-    est.params_ = arrseg.init_params(2, 4, 3, 3, seed=0, dtype="float32")
+                           early_stopping=True, depth=depth, dilation="doubling",
+                           layer_kernel_size=3)
+    est.params_ = arrseg.init_params(2, 4, 3, 3, seed=0, dtype="float32", depth=depth)
     est.in_channels_, est.n_classes_ = 2, 3
     est.classes_ = np.arange(3)
     est.mean_, est.std_ = np.array([0.5, 0.25]), np.array([0.2, 0.1])
@@ -92,7 +94,8 @@ def _fitted_segmenter():
 @lru_cache(maxsize=None)
 def seed_files():
     """Valid model files, ``{name: bytes}``: plain parameters (float32 and
-    float64, with and without ``c``) and a Segmenter's, deflated and stored."""
+    float64, with and without ``c``) and a Segmenter's, deflated and stored,
+    and a deflated Segmenter with two residual layers."""
     files = {}
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "m.npz")
@@ -110,6 +113,8 @@ def seed_files():
             meta = {k: v for k, v in meta.items() if k not in model_file.RESERVED_KEYS}
             model_file.save(path, params, meta, compress=compress)
             files[f"segmenter-{z}"] = pathlib.Path(path).read_bytes()
+        _fitted_segmenter(depth=2).save(path)
+        files["segmenter-deep-deflated"] = pathlib.Path(path).read_bytes()
     return files
 
 
