@@ -52,7 +52,8 @@ MAX_DILATION = 4096
 
 
 def check_dilation(dilation, *, where=""):
-    """``dilation`` as an int in [1, :data:`MAX_DILATION`] or a tuple of them.
+    """``dilation`` as an int in [1, :data:`MAX_DILATION`], a tuple of them,
+    or "doubling" (1, 2, 4, ..., resolved by :func:`fit_options`).
 
     Raises
     ------
@@ -66,6 +67,11 @@ def check_dilation(dilation, *, where=""):
                              f"are that many pixels apart), got {d}")
         return d
 
+    if isinstance(dilation, str):
+        if dilation != "doubling":
+            raise ValueError(f"{where}dilation must be an integer >= 1, a sequence "
+                             f"of them or 'doubling', got {dilation!r}")
+        return dilation
     if isinstance(dilation, (list, tuple)):
         return tuple(one(f"dilation[{i}]", d) for i, d in enumerate(dilation))
     return one("dilation", dilation)
@@ -90,13 +96,16 @@ def check_options(activation, boundary, method, dilation=1, step=1.0,
 def fit_options(options, depth, *, params=None, x_shape=None):
     """``options`` with one dilation per residual layer of ``depth``.
 
-    An int dilation is repeated; a sequence must have ``depth`` entries.
+    An int dilation is repeated, "doubling" gives 1, 2, 4, ...,
+    2**(depth - 1); a sequence must have ``depth`` entries.
     With ``params`` and ``x_shape`` (N, C, H, W), the size of one padded
     feature array of the widest dilation, (N, k, H + 2p, W + 2p) with
     p = d (s_r // 2), is checked before anything is allocated.
     """
     d = options.dilation
-    if isinstance(d, int):
+    if d == "doubling":
+        d = check_dilation(tuple(2**j for j in range(depth)))
+    elif isinstance(d, int):
         d = (d,) * depth
     elif len(d) != depth:
         raise ValueError(

@@ -64,9 +64,10 @@ def predict_proba(x, params, *, activation="tanh", boundary="zeros", method="aut
         NumPy, the blocked and threaded fast path), "fft", "fused" (CuPy
         arrays: the fused CUDA kernels), or "auto": "fused" where it
         applies, else the one the cost model predicts faster.
-    dilation : int or sequence of int, default 1
-        The residual layers' dilations d_j: one for all, or one per layer
-        (``params.depth`` entries). Unused at depth 0.
+    dilation : int, sequence of int, or "doubling", default 1
+        The residual layers' dilations d_j: one for all, one per layer
+        (``params.depth`` entries), or "doubling" for 1, 2, 4, ... (a
+        :class:`arrseg.Segmenter`'s default). Unused at depth 0.
     step : float, default 1.0
         h > 0, the residual layers' step.
     layer : {"residual", "symmetric"}, default "residual"
@@ -162,9 +163,10 @@ def loss_and_grad(
         NumPy, the blocked and threaded fast path), "fft", "fused" (CuPy
         arrays: the fused CUDA kernels), or "auto": "fused" where it
         applies, else the one the cost model predicts faster.
-    dilation : int or sequence of int, default 1
-        The residual layers' dilations d_j: one for all, or one per layer
-        (``params.depth`` entries). Unused at depth 0.
+    dilation : int, sequence of int, or "doubling", default 1
+        The residual layers' dilations d_j: one for all, one per layer
+        (``params.depth`` entries), or "doubling" for 1, 2, 4, ... (a
+        :class:`arrseg.Segmenter`'s default). Unused at depth 0.
     step : float, default 1.0
         h > 0, the residual layers' step.
     layer : {"residual", "symmetric"}, default "residual"

@@ -262,7 +262,7 @@ def predict_proba_tiled(x, params, *, tile_size=None, activation="tanh",
     memory_budget : int, optional
         Bytes of working memory per pass for ``tile_size=None``; default
         :data:`DEFAULT_MEMORY_BUDGET` (512 MiB).
-    dilation : int or sequence of int, default 1
+    dilation : int, sequence of int, or "doubling", default 1
     step : float, default 1.0
     layer : {"residual", "symmetric"}, default "residual"
         The residual layers' options, as for :func:`arrseg.predict_proba`

@@ -107,7 +107,7 @@ def test_a_bad_value_is_found_by_the_check_kernel(kernels):
 
 def test_segmenter_predicts_a_large_image_in_one_pass(kernels):
     x, y = arrseg.data.make_shapes(n_images=1, size=24, seed=0)
-    model = Segmenter(width=4, max_iter=1).fit(x, y)
+    model = Segmenter(width=4, max_iter=1, depth=0, optimizer="adam").fit(x, y)
     big, _ = arrseg.data.make_shapes(n_images=1, size=(160, 144), seed=2)
     kernels.launches.clear()
     P = model.predict_proba(big[0])
@@ -128,8 +128,8 @@ def test_each_fit_iteration_launches_only_its_steps(kernels, kwargs, steps):
 
     def launches(max_iter):
         kernels.launches.clear()
-        Segmenter(width=4, max_iter=max_iter, n_iter_no_change=10, tol=0.0,
-                  **kwargs).fit(x, y)
+        Segmenter(width=4, max_iter=max_iter, n_iter_no_change=10, tol=0.0, depth=0,
+                  optimizer="adam", **kwargs).fit(x, y)
         return list(kernels.launches)
 
     one, three = launches(1), launches(3)

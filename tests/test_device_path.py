@@ -58,6 +58,9 @@ def test_public_calls_read_back_once_and_move_no_data(xp, boundary, method):
 
 def fit_transfers(xp, x, y, max_iter, validation=None, **kwargs):
     """(uploads, read-backs) of one fit, and the fitted model."""
+    # the one-layer network with Adam (the fused path's fit; the defaults
+    # are deep, with VarPro's line searches)
+    kwargs = {"depth": 0, "optimizer": "adam", **kwargs}
     model = Segmenter(width=4, kernel_size=3, max_iter=max_iter,
                       n_iter_no_change=max_iter + 1, tol=0.0, **kwargs)
     with xp.counting() as log:
@@ -140,7 +143,8 @@ def test_the_crops_are_gathered_on_the_device(xp, monkeypatch):
 @pytest.mark.parametrize("tile_size", [None, 16])
 def test_predict_proba_checks_once_per_call(xp, tile_size):
     x, y = shapes(xp, n_images=2, size=40)
-    model = Segmenter(width=4, max_iter=2, tile_size=tile_size).fit(x, y)
+    model = Segmenter(width=4, max_iter=2, tile_size=tile_size, depth=0,
+                      optimizer="adam").fit(x, y)
     with xp.counting() as log:
         P = model.predict_proba(x)
     # one read-back: the value checks of the whole call, not one per tile
@@ -155,7 +159,8 @@ def test_predict_proba_checks_once_per_call(xp, tile_size):
 
 def test_the_device_results_equal_numpy_results(xp):
     x, y = arrseg.data.make_shapes(n_images=3, size=32, seed=0)
-    kwargs = dict(width=4, max_iter=3, crop_size=16, batch_size=2)
+    kwargs = dict(width=4, max_iter=3, crop_size=16, batch_size=2, depth=0,
+                  optimizer="adam")
     on_numpy = Segmenter(**kwargs).fit(x, y)
     on_device = Segmenter(**kwargs).fit(xp.asarray(x), xp.asarray(y))
     np.testing.assert_allclose(on_device.loss_curve_, on_numpy.loss_curve_,

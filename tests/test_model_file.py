@@ -643,7 +643,7 @@ def test_hyper_parameters_absent_take_their_defaults(tmp_path, segmenter_file):
         meta["hyper_parameters"]["a_name_from_the_future"] = [1]
     est = arrseg.Segmenter.load(resave(tmp_path, segmenter_file, drop))
     assert (est.tol, est.seed) == (1e-4, 0)
-    with raises(ModelFileError, "'hyper_parameters.width' is 16",
+    with raises(ModelFileError, "'hyper_parameters.width' is 8",
                 "expected 4 (K.shape[0]) (absent: the default)"):
         arrseg.Segmenter.load(resave(
             tmp_path, segmenter_file, lambda m: m["hyper_parameters"].pop("width")))

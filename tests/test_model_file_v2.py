@@ -180,7 +180,7 @@ def rewrite(tmp_path, deep_file, params=None, **hyper):
 
 @pytest.mark.parametrize("hyper, words", [
     ({"depth": 3}, ["'hyper_parameters.depth' is 3, expected 2 (K_layers.shape[0])"]),
-    ({"depth": KeyError}, ["'hyper_parameters.depth' is 0, expected 2",
+    ({"depth": KeyError}, ["'hyper_parameters.depth' is 3, expected 2",
                            "(absent: the default)"]),
     ({"layer_kernel_size": 5},
      ["'hyper_parameters.layer_kernel_size' is 5, expected 3 (K_layers.shape[3])"]),

@@ -28,7 +28,10 @@ def data():
                                                   ("varpro", 0.95)])
 def test_fit_reaches_a_good_mean_iou_on_held_out_images(data, optimizer, min_score):
     x, y, xt, yt = data
-    model = Segmenter(width=8, kernel_size=5, optimizer=optimizer).fit(x, y)
+    # the one-layer network of earlier releases (depth 0, 200 iterations);
+    # the deep defaults are tested in test_segmenter_residual.py
+    model = Segmenter(width=8, kernel_size=5, optimizer=optimizer, depth=0,
+                      max_iter=200).fit(x, y)
     assert model.score(x, y) > min_score
     assert model.score(xt, yt) > min_score
     assert 1 <= model.n_iter_ <= model.max_iter
@@ -53,7 +56,8 @@ def test_sparse_labels_give_a_full_probability_map():
 
 def test_crops_and_mini_batches(data):
     x, y, xt, yt = data
-    model = Segmenter(width=8, kernel_size=5, crop_size=16, batch_size=2).fit(x, y)
+    model = Segmenter(width=8, kernel_size=5, crop_size=16, batch_size=2, depth=0,
+                      optimizer="adam").fit(x, y)
     assert model.score(xt, yt) > 0.85
 
 
@@ -167,7 +171,7 @@ def test_get_and_set_params():
     assert clone.get_params() == params
     assert model.set_params(width=4, seed=1) is model
     assert model.width == 4 and model.seed == 1
-    assert repr(model) == "Segmenter(optimizer='varpro', seed=1, width=4)"
+    assert repr(model) == "Segmenter(seed=1, width=4)"   # varpro is the default
     with pytest.raises(ValueError, match="Invalid parameter 'n_layers'.*width"):
         model.set_params(n_layers=3)
 
@@ -208,7 +212,9 @@ def test_validation_set_is_scored_every_iteration(data):
     assert model.validation_scores_[-1] == pytest.approx(model.score(xt, yt))
     assert model.validation_score_ == model.validation_scores_[-1]
     normalised = ((xt - model.mean_[:, None, None]) / model.std_[:, None, None])
-    loss, _ = arrseg.loss_and_grad(normalised.astype(np.float32), yt, model.params_)
+    loss, _ = arrseg.loss_and_grad(normalised.astype(np.float32), yt, model.params_,
+                                   dilation=model.dilation, step=model.step,
+                                   layer=model.layer)
     assert model.validation_loss_curve_[-1] == pytest.approx(float(loss), rel=1e-4)
 
 
@@ -271,7 +277,7 @@ def test_load_refuses_a_model_file_of_plain_parameters(tmp_path):
     ({"momentum": 1.0}, ValueError, "momentum"),
     ({"max_iter": 0}, ValueError, "max_iter must be >= 1, got 0"),
     ({"batch_size": 0}, ValueError, "batch_size"),
-    ({"crop_size": 2}, ValueError, "crop_size must be >= 3, got 2"),
+    ({"crop_size": 2}, ValueError, "crop_size must be >= 17, got 2"),  # 2 halo + 1
     ({"weight_decay": -1e-3}, ValueError, "weight_decay"),
     ({"smoothness": float("inf")}, ValueError, "smoothness"),
     ({"class_weight": [1.0, 2.0]}, ValueError,

@@ -74,7 +74,8 @@ def test_new_hyper_parameters_are_stored_and_cloned():
     s = check_settings(Segmenter(depth=4, dilation="doubling"))
     assert s.dilation == (1, 2, 4, 8) and s.options.dilation == (1, 2, 4, 8)
     assert check_settings(Segmenter(depth=2, dilation=3)).dilation == (3, 3)
-    assert check_settings(Segmenter()).dilation == ()
+    assert check_settings(Segmenter()).dilation == (1, 2, 4)     # the defaults
+    assert check_settings(Segmenter(depth=0)).dilation == ()
     assert s.halo == 1 + 1 + 2 + 4 + 8
 
 
