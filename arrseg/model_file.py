@@ -16,8 +16,9 @@ entry         dtype, shape        content
               (k, n_c)
 ``c``         same dtype, (n_c,)  classifier bias; absent when ``params.c``
                                   is None
-``K_layers``  same dtype, (depth, the residual layers' kernels (version 2;
-              k, k, s_r, s_r)     absent at depth 0), depth >= 1, s_r odd
+``K_layers``  same dtype,         the residual layers' kernels (version 2;
+              (depth, k, k,       absent at depth 0), depth >= 1, s_r odd
+              s_r, s_r)
 ``b_layers``  same dtype,         the residual layers' biases (version 2;
               (depth, k)          present exactly when ``K_layers`` is)
 ``metadata``  uint8, (n_bytes,)   a UTF-8 encoded JSON object (below)

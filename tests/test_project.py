@@ -18,8 +18,8 @@ def test_readme_opens_with_two_setup_commands():
     text = (ROOT / "README.md").read_text()
     assert text.index("```bash") < 20  # right under the title
     install_and_demo, install_and_test = readme_commands()
-    assert "python -m arrseg demo" in install_and_demo
-    assert "[test,reference]" in install_and_test and "pytest" in install_and_test
+    assert "arrseg demo" in install_and_demo
+    assert "[test,reference,cli]" in install_and_test and "pytest" in install_and_test
 
 
 def test_ci_runs_the_readme_test_command():
