@@ -90,7 +90,7 @@ class Segmenter:
     the features run through ``depth`` residual layers (the course's ResNet,
     :mod:`arrseg.numerics.residual`) before the classifier.
 
-    The defaults (depth 3 with dilations 1, 2, 4, width 8, VarPro for 30
+    The defaults (depth 3 with dilations 1, 2, 4, width 8, VarPro for 60
     iterations) are the best accuracy per second of fit found against
     scikit-image's random forest (:doc:`training`, "Choosing the defaults").
 
@@ -132,7 +132,7 @@ class Segmenter:
         SGD's momentum, in [0, 1).
     nesterov : bool, default False
         Nesterov momentum for SGD.
-    max_iter : int, default 30
+    max_iter : int, default 60
         Maximum number of iterations (epochs for "sgd" and "adam", outer
         iterations for "varpro"; see the module docstring).
     batch_size : int, default 4

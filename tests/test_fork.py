@@ -51,7 +51,8 @@ def _context(method):
 
 
 def _segmenter():
-    return arrseg.Segmenter(width=16, max_iter=2)
+    # one residual layer: the deep NumPy path's threads are exercised too
+    return arrseg.Segmenter(width=8, depth=1, max_iter=2)
 
 
 @pytest.fixture(scope="module")

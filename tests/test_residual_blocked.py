@@ -175,6 +175,32 @@ def test_same_bits_for_any_thread_count(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("layer", LAYERS)
+def test_tape_of_a_periodic_call_reused_by_a_zeros_call(rng, layer, monkeypatch):
+    # a training call leaves its arrays to the next one (layers.Tape): the
+    # wrapped pads and the interior of a periodic call must not leak into a
+    # zero-padded call of the same shapes
+    x, params, labels = problem(rng, 2, 3, 21, 14, 4, 3, 3, 3, 2, np.float64)
+    options = dict(dilation=(1, 2), step=0.7, layer=layer, method="direct")
+    arrseg.loss_and_grad(x + 5, labels, params, boundary="periodic", **options)
+    spares = [id(a[0]) for a in residual_layers.Tape._spares]
+    assert spares
+    loss, grads = arrseg.loss_and_grad(x, labels, params, boundary="zeros", **options)
+    assert set(spares) & {id(a[0]) for a in residual_layers.Tape._spares}  # reused
+    _, want_loss, want = reference(x, labels, params, "tanh", "zeros",
+                                   Trunk((1, 2), 0.7, layer), None)
+    assert_close(loss, want_loss, xp=xp, rtol=1e-12)
+    for name, g, w in zip(params._fields, grads, want):
+        assert_close(g, w, xp=xp, rtol=1e-11, atol=1e-13 * float(np.abs(w).max()),
+                     err_msg=f"d{name}")
+    # the spares kept are at most SPARE_BYTES
+    limit = 5 * 4 * 25 * 18 * 8
+    monkeypatch.setattr(residual_layers, "SPARE_BYTES", limit)
+    arrseg.loss_and_grad(x, labels, params, **options)
+    kept = sum(a[0].nbytes for a in residual_layers.Tape._spares)
+    assert 0 < kept <= limit
+
+
+@pytest.mark.parametrize("layer", LAYERS)
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_matches_pytorch_autograd(rng, layer, boundary):
     # an independent reference: PyTorch's dilated convolutions and autograd

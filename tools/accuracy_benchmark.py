@@ -57,7 +57,7 @@ import arrseg  # noqa: E402
 from arrseg.data import make_textures, scribbles  # noqa: E402
 from arrseg.metrics import iou, mean_iou  # noqa: E402
 
-__all__ = ["Dataset", "DATASETS", "DEEP_CONFIGS", "LABELLED_FRACTION", "forest_fit",
+__all__ = ["Dataset", "DATASETS", "OTHER_CONFIGS", "LABELLED_FRACTION", "forest_fit",
            "forest_fit_predict", "load", "score", "segmenter_fit",
            "segmenter_fit_predict"]
 
@@ -224,29 +224,25 @@ def measure(ds, method, sparse):
 
 # --- configurations ------------------------------------------------------------
 
-#: Deep Segmenter configurations of the table, by row name.
-DEEP_CONFIGS = {
-    "depth 3, 'doubling', k=8, varpro 30 iterations":
-        dict(depth=3, dilation="doubling", width=8, optimizer="varpro", max_iter=30),
-    "depth 3, 'doubling', k=8, step 0.5": dict(depth=3, dilation="doubling", width=8,
-                                                step=0.5),
-    "depth 4, 'doubling', k=16": dict(depth=4, dilation="doubling", width=16),
+#: Other Segmenter configurations of the table, by row name: the previous
+#: defaults (the one-layer network with Adam), the seed's single layer, and
+#: deep variants around the defaults.
+OTHER_CONFIGS = {
+    "depth 0, k=16, Adam 200 (defaults before 0.7)":
+        dict(depth=0, width=16, optimizer="adam", max_iter=200),
+    "depth 0, k=32, s=7, Adam 200 (the seed's single layer)":
+        dict(depth=0, width=32, kernel_size=7, optimizer="adam", max_iter=200),
+    "depth 3, 'doubling', k=8, varpro 30": dict(max_iter=30),
+    "depth 4, 'doubling', k=16, varpro 30": dict(depth=4, width=16),
 }
-
-
-def _has_deep():
-    return "depth" in arrseg.Segmenter().get_params()
 
 
 def table_rows(quick):
     rows = {"skimage TrainableSegmenter (RF 100 trees)": "forest",
-            "arrseg Segmenter() defaults": {},
-            "arrseg depth 0, k=32": dict(width=32)}
-    if _has_deep():
-        rows.update({f"arrseg {k}": v for k, v in DEEP_CONFIGS.items()})
-    if quick:
-        rows = {k: v for k, v in rows.items() if v == "forest" or v == {}
-                or "varpro" in k}
+            "arrseg Segmenter() defaults (depth 3, 'doubling', k=8, varpro 60)": {}}
+    rows.update({f"arrseg {k}": v for k, v in OTHER_CONFIGS.items()})
+    if quick:   # the forest, the defaults and the previous defaults, shorter
+        rows = dict(list(rows.items())[:3])
         for name, m in rows.items():
             if m != "forest":
                 rows[name] = dict(m, max_iter=20)
@@ -254,21 +250,24 @@ def table_rows(quick):
 
 
 def search_grid():
-    """Segmenter settings to try (dicts of keywords), depth 0 first."""
-    grid = [dict(width=k, kernel_size=s) for k in (16, 32) for s in (3, 5, 7)]
-    grid += [dict(max_iter=400), dict(learning_rate=0.01), dict(learning_rate=0.1),
-             dict(optimizer="varpro", max_iter=30),
-             dict(crop_size=128, batch_size=8)]
-    if _has_deep():
-        grid += [dict(depth=d, dilation=dil, width=k)
-                 for d in (2, 3, 4) for dil in (1, "doubling") for k in (8, 16)]
-        grid += [dict(depth=3, dilation="doubling", width=8, layer="symmetric"),
-                 dict(depth=3, dilation="doubling", width=8, step=0.5),
-                 dict(depth=3, dilation="doubling", width=8, kernel_size=5),
-                 dict(depth=3, dilation="doubling", width=8, max_iter=100),
-                 dict(depth=3, dilation="doubling", width=8, learning_rate=0.01),
-                 dict(depth=3, dilation="doubling", width=8, optimizer="varpro",
-                      max_iter=30)]
+    """Segmenter settings to try (dicts of keywords, every setting that
+    matters named, so that the grid does not move with the defaults): the
+    one-layer network with Adam first, then residual networks."""
+    one_layer = dict(depth=0, optimizer="adam", max_iter=200)
+    grid = [dict(one_layer, width=k, kernel_size=s) for k in (16, 32) for s in (3, 5, 7)]
+    grid += [dict(one_layer, width=16, max_iter=400),
+             dict(one_layer, width=16, learning_rate=0.01),
+             dict(one_layer, width=16, learning_rate=0.1),
+             dict(depth=0, width=16, optimizer="varpro", max_iter=30),
+             dict(one_layer, width=16, crop_size=128, batch_size=8)]
+    deep = dict(depth=3, dilation="doubling", width=8, optimizer="varpro", max_iter=60)
+    grid += [dict(deep, depth=d, dilation=dil, width=k)
+             for d in (2, 3, 4) for dil in (1, "doubling") for k in (8, 16)]
+    grid += [dict(deep, layer="symmetric"), dict(deep, step=0.5),
+             dict(deep, kernel_size=5), dict(deep, max_iter=30),
+             dict(deep, max_iter=100), dict(deep, weight_decay=1e-3),
+             dict(deep, optimizer="adam", max_iter=200),
+             dict(deep, optimizer="adam", max_iter=200, learning_rate=0.01)]
     return grid
 
 

@@ -52,8 +52,9 @@ DEFAULT_DILATION = "doubling"
 #: ``optimizer=``: VarPro never diverged in the search, where Adam at its
 #: default rate did on deep networks, and it was the fastest.
 DEFAULT_OPTIMIZER = "varpro"
-#: ``max_iter=``: VarPro's outer iterations.
-DEFAULT_MAX_ITER = 30
+#: ``max_iter=``: VarPro's outer iterations (60 over 30: +0.25 IoU on the
+#: horse image, +0.004 on coins, for twice the fit time).
+DEFAULT_MAX_ITER = 60
 #: ``step=``: h of every residual layer.
 DEFAULT_STEP = 1.0
 #: ``layer=``: "residual" or "symmetric".

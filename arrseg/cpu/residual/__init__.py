@@ -12,10 +12,13 @@ output rows of one image, an im2col copy of the padded input rows::
 
     PT  (c*s*s + 1, R*W)   entry (ch, a, b, i, j) = Xpad[ch, i + d a, j + d b];
                            the last row is ones, for the bias
-    Z   (k, R*W)           = [K | b] @ PT, one BLAS call
+    Z   (k, R*W)           = [K | b] @ PT
 
-with R about :data:`BLOCK_PIXELS` / W rows, so that PT stays in the core's
-cache. Activations live in padded buffers (pad d_j (s_r // 2) of the layer
+with R about :data:`BLOCK_PIXELS` / W rows. The product runs in slices of
+PT's columns small enough for OpenBLAS's small-matrix kernels
+(:func:`~arrseg.cpu.residual.layers.matmul_columns`, 1.7 times as fast as
+one call at k = 16); the weight gradient PT @ dZ^T runs in one call (the
+long dimension is the sum). Activations live in padded buffers (pad d_j (s_r // 2) of the layer
 that reads them, zeros or wrapped copies), so that PT is one strided copy.
 
 Training (:func:`loss_and_grad`): the whole batch, one layer at a time.
@@ -30,12 +33,15 @@ on the block still in cache. Per pass, blocks are grouped into at most
 :data:`arrseg.cpu.blocked.MAX_CHUNKS` chunks; each chunk's float64 gradient
 sum is added in chunk order, so the result has the same bits for any number
 of threads. Memory: the tape, about (2 + 1 [symmetric]) (N, k, H, W) arrays
-a layer, as PyTorch's autograd keeps.
+a layer, as PyTorch's autograd keeps; a finished call leaves its arrays
+(up to :data:`~arrseg.cpu.residual.layers.SPARE_BYTES`) to the next call
+(:class:`~arrseg.cpu.residual.layers.Tape`): fresh pages cost the kernel's
+zeroing and faults, about 10% of a step.
 
 Why not image by image (a tape per image, bounded in N): the work is the
 same GEMMs on the same blocks, and the smaller tape did not pay. On the
 2-core machine (N = 4, 3 x 256 x 256, k = 16, float32, shared with other
-jobs, so +-15%), the whole batch took 650 ms at depth 4 and 452 ms at
+jobs, so +-15%; before the sliced products), the whole batch took 650 ms at depth 4 and 452 ms at
 depth 6, four one-image calls (each image's tape alone) 883 and 501 ms;
 one image per thread would also leave a core idle whenever N is odd or 1,
 while blocks of rows balance any N. Row bands with a halo (bounded in H

@@ -15,14 +15,29 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..blocked import MAX_CHUNKS
 
-__all__ = ["BLOCK_PIXELS", "Conv", "Net", "Rows", "Workspace", "activate", "chunk_blocks",
-           "fill_batch", "ordered_sum", "padded_batch"]
+__all__ = ["BLOCK_PIXELS", "SMALL_GEMM", "SPARE_BYTES", "Conv", "Net", "Rows", "Tape",
+           "Workspace", "activate", "chunk_blocks", "fill_batch", "matmul_columns",
+           "ordered_sum", "padded_batch"]
 
 #: Output pixels of one im2col block (R = BLOCK_PIXELS // W rows, at least
-#: one). At k = 16, s_r = 3 in float32, PT is 145 x 4096 x 4 B = 2.4 MB.
-#: Measured (N = 4, 256 x 256, k = 16, depth 2 to 6, 2 threads): 2048,
-#: 4096 and 8192 were within the noise of the shared machine (+-10%).
-BLOCK_PIXELS = 4096
+#: one). At k = 16, s_r = 3 in float32, PT is 145 x 8192 x 4 B = 4.8 MB; the
+#: products run on column slices of it (:func:`matmul_columns`), so its size
+#: is about Python calls per pixel. Measured (N = 4, 256 x 256, k = 16, 2
+#: threads, training step, medians of 12): 4096 / 8192 pixels took 147 / 149
+#: ms at depth 2, 255 / 246 at depth 4, 391 / 368 at depth 6; 2048 was 15%
+#: slower than 4096, 16384 (16 blocks a pass) 30% slower.
+BLOCK_PIXELS = 8192
+
+#: Largest m * n * k of one (m, k) @ (k, n) product in :func:`matmul_columns`:
+#: OpenBLAS (0.3.x) runs products up to 100**3 on its small-matrix kernels,
+#: without packing. The convolutions' (k_out, c*s*s + 1) @ (c*s*s + 1, B)
+#: run 1.7 times as fast in slices of B under this size as in one call
+#: (measured, k = 16, s = 3, float32: 4.6 against 8.0 ms for one 256 x 256
+#: image, copies included; slices of 128 to 384 pixels alike).
+SMALL_GEMM = 100 ** 3
+
+#: Fewest columns of one slice in :func:`matmul_columns`.
+MIN_SLICE = 128
 
 
 # ----------------------------------------------------------- activations
@@ -111,6 +126,83 @@ def padded_batch(shape, Q, dtype):
     return np.zeros((N, c, H + 2 * Q, W + 2 * Q), dtype)
 
 
+#: Most bytes of one training call's tape kept for the next call
+#: (:class:`Tape`): 256 MiB holds the tape of N = 4 images of 256 x 256 at
+#: k = 16 and depth 4 (about 200 MiB); larger calls allocate anew. Set to 0
+#: to keep nothing between calls.
+SPARE_BYTES = 256 << 20
+
+
+class Tape:
+    """The whole-batch arrays of one training call, reused from the last call.
+
+    A fresh array of tens of MB costs the kernel a page fault and the zeroing
+    of each new page on first touch, and an unmap when freed: about 10% of a
+    training step (measured, N = 4, 256 x 256, k = 16, depth 2 and 4, 2
+    threads: 135 -> 123 and 242 -> 216 ms). So the arrays of a finished call
+    (at most :data:`SPARE_BYTES` of them) stay as spares, and the next call
+    takes those of its shapes: held memory is one call's tape at most.
+    Every array is taken by one call only (concurrent calls allocate anew);
+    a spare's interior is undefined and overwritten by the call before it is
+    read; a padded spare's pads are zeroed again unless they are known to be
+    zero (same pad, boundary "zeros": only periodic calls write pads).
+    """
+
+    _lock = threading.Lock()
+    _spares = []  # (array, pad or None, pads written) of the last finished call
+
+    def __init__(self, boundary):
+        with Tape._lock:
+            self._pool, Tape._spares = Tape._spares, []
+        self.arrays = []
+        self.boundary = boundary
+
+    def _take(self, shape, dtype):
+        for i, (a, Q, written) in enumerate(self._pool):
+            if a.shape == shape and a.dtype == dtype:
+                del self._pool[i]
+                return a, Q, written
+        return None, None, True
+
+    def padded(self, shape, Q, dtype):
+        """(N, c, H + 2Q, W + 2Q) for ``shape`` (N, c, H, W), pads zero."""
+        N, c, H, W = shape
+        a, Q_was, written = self._take((N, c, H + 2 * Q, W + 2 * Q), np.dtype(dtype))
+        if a is None:
+            a = padded_batch(shape, Q, dtype)
+        elif Q and (written or Q_was != Q):
+            a[:, :, :Q] = 0
+            a[:, :, H + Q :] = 0
+            a[:, :, Q : H + Q, :Q] = 0
+            a[:, :, Q : H + Q, W + Q :] = 0
+        self.arrays.append((a, Q))
+        return a
+
+    def empty(self, shape, dtype):
+        """An array of ``shape``, contents undefined."""
+        a = self._take(tuple(shape), np.dtype(dtype))[0]
+        if a is None:
+            a = np.empty(shape, dtype)
+        self.arrays.append((a, None))
+        return a
+
+    def done_taking(self):
+        """Free the spares this call did not take."""
+        self._pool = []
+
+    def release(self):
+        """Leave this call's arrays (up to SPARE_BYTES) to the next call."""
+        keep, total = [], 0
+        written = self.boundary != "zeros"
+        for a, Q in self.arrays:
+            if total + a.nbytes <= SPARE_BYTES:
+                keep.append((a, Q, written))
+                total += a.nbytes
+        self.arrays, self._pool = [], []
+        with Tape._lock:
+            Tape._spares = keep
+
+
 def fill_batch(buffer, Q, boundary, H, W):
     """The pads of a batch buffer from its interior (periodic; zeros stay)."""
     if boundary == "periodic" and Q:
@@ -119,6 +211,22 @@ def fill_batch(buffer, Q, boundary, H, W):
 
 
 # ----------------------------------------------------------- convolution
+
+def matmul_columns(A, B, out):
+    """out = A @ B (A (m, k), B (k, n), out (m, n)), in slices of B's
+    columns of at most :data:`SMALL_GEMM` / (m k) (at least
+    :data:`MIN_SLICE`); each column of out is one dot product per entry,
+    whatever the slicing."""
+    m, k = A.shape
+    n = B.shape[1]
+    step = max(MIN_SLICE, SMALL_GEMM // (m * k))
+    if step >= n:
+        np.matmul(A, B, out=out)
+        return out
+    for j in range(0, n, step):
+        np.matmul(A, B[:, j : j + step], out=out[:, j : j + step])
+    return out
+
 
 class Conv:
     """One convolution: kernel size s, dilation d, pad P = d (s // 2), and
@@ -164,9 +272,9 @@ class Conv:
         if PT is None:
             PT = self.patches(src, i0, rows, ws, adjoint=adjoint)
         if adjoint:
-            np.matmul(self.Kf, PT[:-1], out=out)
+            matmul_columns(self.Kf, PT[:-1], out)
         else:
-            np.matmul(self.Kb, PT, out=out)
+            matmul_columns(self.Kb, PT, out)
         return PT
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..threads import parallel_map
-from .layers import (Net, Rows, Workspace, activate, chunk_blocks, fill_batch, ordered_sum,
-                     padded_batch)
+from .layers import (Net, Rows, Tape, Workspace, activate, chunk_blocks, fill_batch,
+                     matmul_columns, ordered_sum)
 
 __all__ = ["loss_and_grad"]
 
@@ -56,13 +56,14 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
 
     # ---- the tape
     op = net.opening
-    Xpad = padded_batch(x.shape, op.P, dtype)
+    tape = Tape(boundary)
+    Xpad = tape.padded(x.shape, op.P, dtype)
     Xpad[:, :, op.P : op.P + H, op.P : op.P + W] = x
     fill_batch(Xpad, op.P, boundary, H, W)
-    Ys = [padded_batch((N, k, H, W), layer.P, dtype) for layer in net.layers]
-    D_open = np.empty((N, k, H, W), dtype) if keep_D else None
-    Ds = [np.empty((N, k, H, W), dtype) if keep_D else None for _ in range(L)]
-    As = ([padded_batch((N, k, H, W), layer.P, dtype) for layer in net.layers]
+    Ys = [tape.padded((N, k, H, W), layer.P, dtype) for layer in net.layers]
+    D_open = tape.empty((N, k, H, W), dtype) if keep_D else None
+    Ds = [tape.empty((N, k, H, W), dtype) if keep_D else None for _ in range(L)]
+    As = ([tape.padded((N, k, H, W), layer.P, dtype) for layer in net.layers]
           if net.symmetric else [None] * L)
 
     def rows_of(buffer, n, Q):
@@ -90,7 +91,7 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
     weight = weight.astype(dtype)[:, None]
     classes = np.arange(n_c)[:, None]
     Qg = max((layer.P for layer in net.layers), default=0) if net.symmetric else 0
-    G = padded_batch((N, k, H, W), Qg, dtype)
+    G = tape.padded((N, k, H, W), Qg, dtype)
 
     def classify(n, r0, rows, Y):
         """Loss terms, (dW^T, dc) and G = dE/dY_L of one block of Y_L (k, B)."""
@@ -172,7 +173,8 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
 
     # ---- backward: dZ_t into a padded buffer; G += K_t^T dZ_t in the next pass
     Qz = max(layer.P for layer in net.layers)
-    dZ_buffers = [padded_batch((N, k, H, W), Qz, dtype) for _ in range(2)]
+    dZ_buffers = [tape.padded((N, k, H, W), Qz, dtype) for _ in range(2)]
+    tape.done_taking()
     dKbs = [None] * L
     pending = None  # the layer whose K^T dZ is not yet in G
 
@@ -201,17 +203,23 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
             if net.symmetric:
                 # dZ = -h (K_t G) * sigma'; dK -= h A_t J(G)^T
                 PTg = layer.patches(rows_of(G, n, Qg), r0, rows, ws, name="PTg")
-                np.matmul(layer.Kb[:, : layer.CS], PTg[:-1], out=dZ)
+                matmul_columns(layer.Kb[:, : layer.CS], PTg[:-1], dZ)
                 dZ *= -net.h
                 a = ws.get("Ab", (k, B), dtype)
                 a.reshape(k, rows, W)[...] = rows_of(As[t], n, layer.P).interior(
                     r0, r0 + rows)
                 second = (PTg[:-1] @ a.T).astype(np.float64)  # (CS, k)
-            else:
-                np.multiply(g, net.h, out=dZ3)
+                if Ds[t] is not None:
+                    dZ3 *= Ds[t][n, :, r0 : r0 + rows]
+            else:  # dZ = h G * sigma', in one pass when h = 1
                 second = None
-            if Ds[t] is not None:
-                dZ3 *= Ds[t][n, :, r0 : r0 + rows]
+                if Ds[t] is None:
+                    np.multiply(g, net.h, out=dZ3)
+                elif net.h == 1.0:
+                    np.multiply(g, Ds[t][n, :, r0 : r0 + rows], out=dZ3)
+                else:
+                    np.multiply(g, net.h, out=dZ3)
+                    dZ3 *= Ds[t][n, :, r0 : r0 + rows]
             rows_of(dZ_buffers[t % 2], n, Qz).interior(r0, r0 + rows)[...] = dZ3
             PT = layer.patches(rows_of(Ys[t], n, layer.P), r0, rows, ws)
             # [dK | db]^T (CS + 1, k): PT dZ^T is twice as fast in OpenBLAS
@@ -226,16 +234,20 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
         pending = t
 
     def opening_backward(n, r0, rows):
-        add_adjoint(n, r0, rows, 0)
+        # dZ = (G + K_0^T dZ_0) * sigma'; G_0 itself is not needed again
+        T = ws.get("T", (k, rows * W), dtype)
+        net.layers[0].apply(rows_of(dZ_buffers[0], n, Qz), r0, rows, ws, T, adjoint=True)
         dZ = ws.get("dZ", (k, rows * W), dtype)
         dZ3 = dZ.reshape(k, rows, W)
-        dZ3[...] = rows_of(G, n, Qg).interior(r0, r0 + rows)
+        np.add(rows_of(G, n, Qg).interior(r0, r0 + rows), T.reshape(k, rows, W), out=dZ3)
         if D_open is not None:
             dZ3 *= D_open[n, :, r0 : r0 + rows]
         PT = op.patches(rows_of(Xpad, n, op.P), r0, rows, ws)
         return [(PT @ dZ.T).astype(np.float64)]
 
     dKb_open = ordered_sum([p[0] for p in run(opening_backward)]).T
+
+    tape.release()
 
     scale = 1.0 / denominator if denominator > 0 else 0.0
     layer_CS = net.layers[0].CS
