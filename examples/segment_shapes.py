@@ -1,8 +1,9 @@
 """Fit a Segmenter on synthetic shapes, then on a real image from a few labels.
 
 Part 1 trains :class:`arrseg.Segmenter` on noisy synthetic disks and striped
-squares (``arrseg.data.make_shapes``) with the default optimizer (Adam) and
-scores it on images it has not seen.
+squares (``arrseg.data.make_shapes``) with the default network and optimizer
+(the residual network of depth 3, VarPro) and scores it on images it has
+not seen.
 
 Part 2 uses a real image found on every CPython install that ships IDLE: its
 256 x 256 icon (``idlelib/Icons/idle_256.png``, a page of code with the
