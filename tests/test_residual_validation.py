@@ -64,7 +64,8 @@ def test_a_dilation_sequence_at_depth_zero_must_be_empty(deep):
     (1.5, TypeError, r"^dilation must be an integer, got float"),
     (2.0, TypeError, r"^dilation must be an integer, got float"),
     (True, TypeError, r"^dilation must be an integer, got bool"),
-    ("2", TypeError, r"^dilation must be an integer, got str"),
+    ("2", ValueError, r"^dilation must be an integer >= 1, a sequence of them or "
+                      r"'doubling', got '2'"),
     (None, TypeError, r"^dilation must be an integer"),
     ((1, 0), ValueError, r"^dilation\[1\] must be >= 1, got 0"),
     ((-1, 1), ValueError, r"^dilation\[0\] must be >= 1, got -1"),
