@@ -70,8 +70,11 @@ def add_parser(sub):
     p.add_argument("--kernel-size", type=opt.odd, default=5, help="s, odd (default 5)")
     p.add_argument("--activation", choices=ACTIVATION_NAMES, default="tanh")
     p.add_argument("--boundary", choices=BOUNDARIES, default="zeros")
-    p.add_argument("--learning-rate", type=opt.positive_number, default=0.02,
-                   help="Adam's step length (default 0.02)")
+    p.add_argument("--optimizer", choices=("varpro", "adam", "sgd"), default="varpro",
+                   help="the Segmenter's optimizer (default varpro)")
+    p.add_argument("--learning-rate", type=opt.positive_number, default=None,
+                   help="Adam's or SGD's step length (default: the Segmenter's; "
+                   "VarPro needs none)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--seed", type=opt.non_negative, default=0)
     p.add_argument("--every", type=opt.positive, metavar="N",
@@ -140,7 +143,8 @@ def run(args, out=None):
     model = Segmenter(width=args.width, kernel_size=args.kernel_size, depth=args.depth,
                       dilation="doubling", activation=args.activation,
                       boundary=args.boundary, max_iter=args.iterations,
-                      learning_rate=args.learning_rate, seed=args.seed)
+                      optimizer=args.optimizer, learning_rate=args.learning_rate,
+                      seed=args.seed)
     print(f"arrseg demo: {args.images} texture mosaics of {args.size} x {args.size} "
           f"pixels ({n_train} for training, {HELD_OUT} held out), classes: "
           f"{', '.join(names)}; {model!r}", file=out, flush=True)
