@@ -443,8 +443,15 @@ def test_thread_sanitizer_catches_a_missing_syncthreads(tmp_path, emulator_cache
     barrier = "            __syncthreads();  // V_s = dZ\n"
     assert source.count(barrier) == 1
     (tmp_path / "fused_backward.cu").write_text(source.replace(barrier, ""))
-    rc, _, err = finish(start_sanitized("thread", ["f64-identity-periodic-s7-tiny"],
-                                        emulator_cache, source_dir=tmp_path))
+    # ThreadSanitizer keeps 4 accesses per 8 bytes of shared memory: when
+    # many threads read the word after the write, the write's record can be
+    # gone before the racing read is checked, depending on the interleaving
+    # (seen once in CI, on a loaded machine). Up to 3 runs; one must report.
+    for attempt in range(3):
+        rc, _, err = finish(start_sanitized("thread", ["f64-identity-periodic-s7-tiny"],
+                                            emulator_cache, source_dir=tmp_path))
+        if rc != 0:
+            break
     assert rc != 0
     assert "ThreadSanitizer: data race" in err
     assert "fused_backward.cu" in err
