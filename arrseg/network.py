@@ -20,7 +20,7 @@ from .methods import METHODS
 from .numerics.activations import ACTIVATIONS
 from .numerics.convolution import BOUNDARIES
 from .numerics.residual import LAYERS
-from .params import Params, params_like
+from .params import params_like
 
 __all__ = [
     "ACTIVATION_NAMES",

@@ -333,7 +333,7 @@ class Segmenter:
 
     # -- fitting ------------------------------------------------------------
 
-    def fit(self, images, labels, *, validation=None):
+    def fit(self, images, labels, *, validation=None, progress=None):
         """Train on labelled images.
 
         Parameters
@@ -350,6 +350,13 @@ class Segmenter:
         validation : (images, labels), optional
             Validation data scored every iteration (``validation_scores_``),
             and used for early stopping when ``early_stopping=True``.
+        progress : callable, optional
+            ``progress(total)`` returns the object that hears of each
+            iteration: ``update(it, loss, score=None)`` after iteration
+            ``it`` of at most ``total`` (``score``: the validation mean IoU,
+            if any) and ``close()`` at the end; shown whatever ``verbose``
+            is (the command line passes a tqdm bar). Default: the one-line
+            bar on stderr of ``verbose=True``, else nothing.
 
         Returns
         -------
@@ -421,7 +428,9 @@ class Segmenter:
         self.params_ = params
         self._params_cache = {}
 
-        progress = training.Progress(s.max_iter) if s.verbose else None
+        if progress is None and s.verbose:
+            progress = training.Progress
+        progress = None if progress is None else progress(s.max_iter)
         monitor = training.Monitor(s, val is not None)
         try:
             if s.optimizer == "varpro":

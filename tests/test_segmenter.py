@@ -354,3 +354,26 @@ def test_divergence_keeps_the_last_good_model():
     out = io.StringIO()
     print(info.value, file=out)
     assert "learning_rate=1e+38" in out.getvalue()
+
+
+def test_fit_reports_each_iteration_to_a_progress_object(data):
+    x, y, xt, yt = data
+    seen = []
+
+    class Recorder:
+        def __init__(self, total):
+            seen.append(("total", total))
+
+        def update(self, it, loss, score=None):
+            seen.append((it, loss, score))
+
+        def close(self):
+            seen.append("closed")
+
+    model = Segmenter(width=4, max_iter=3, n_iter_no_change=10, tol=0.0).fit(
+        x, y, validation=(xt, yt), progress=Recorder)
+    assert seen[0] == ("total", 3) and seen[-1] == "closed"
+    updates = seen[1:-1]
+    assert [u[0] for u in updates] == [1, 2, 3]
+    assert [u[1] for u in updates] == pytest.approx(model.loss_curve_)
+    assert [u[2] for u in updates] == pytest.approx(model.validation_scores_)

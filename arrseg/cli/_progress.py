@@ -1,10 +1,9 @@
 """Progress bars (tqdm) on standard error.
 
-Training: :class:`arrseg.Segmenter` with ``verbose=True`` reports each
-iteration to a progress object made by
-``arrseg.estimator.training.Progress(total)`` (methods ``update(it, loss,
-score=None)`` and ``close()``). :func:`fit_progress` puts a tqdm bar of the
-same interface in its place for the duration of one ``fit``.
+Training: :meth:`arrseg.Segmenter.fit` reports each iteration to the object
+its ``progress(total)`` argument makes (methods ``update(it, loss,
+score=None)`` and ``close()``); :func:`fit_progress` gives a factory of
+tqdm bars (:class:`FitBar`) for it.
 
 Without tqdm (the ``cli`` extra) training shows the library's own one-line
 bar and prediction none; a note says what to install.
@@ -12,7 +11,6 @@ bar and prediction none; a note says what to install.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
 from ..io.errors import CLI_EXTRA, MissingDependencyError, optional_import
@@ -58,30 +56,18 @@ class FitBar:
         self.bar.close()
 
 
-@contextlib.contextmanager
 def fit_progress(quiet):
-    """Show a tqdm bar during a ``Segmenter.fit`` run inside the block.
-
-    Yields
-    ------
-    bool
-        Whether to fit with ``verbose=True`` (False when ``quiet``).
-    """
+    """The ``progress`` argument of ``Segmenter.fit``: a factory of tqdm
+    bars; the library's own one-line bar when tqdm is missing; None (no
+    bar) when ``quiet``."""
     if quiet:
-        yield False
-        return
+        return None
     tqdm = _tqdm(quiet)
     if tqdm is None:
-        yield True                  # the library's own bar
-        return
-    from ..estimator import training
+        from ..estimator.training import Progress
 
-    original = training.Progress
-    training.Progress = lambda total, *a, **k: FitBar(tqdm, total)
-    try:
-        yield True
-    finally:
-        training.Progress = original
+        return Progress                 # the library's own bar
+    return lambda total: FitBar(tqdm, total)
 
 
 class _NoBar:

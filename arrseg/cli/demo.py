@@ -148,12 +148,9 @@ def run(args, out=None):
     print(f"arrseg demo: {args.images} texture mosaics of {args.size} x {args.size} "
           f"pixels ({n_train} for training, {HELD_OUT} held out), classes: "
           f"{', '.join(names)}; {model!r}", file=out, flush=True)
-    with fit_progress(args.quiet) as verbose:
-        model.set_params(verbose=verbose)
-        start = time.perf_counter()
-        model.fit(x[:n_train], y[:n_train])
-        seconds = time.perf_counter() - start
-    model.set_params(verbose=False)
+    start = time.perf_counter()
+    model.fit(x[:n_train], y[:n_train], progress=fit_progress(args.quiet))
+    seconds = time.perf_counter() - start
     P = np.asarray(model.predict_proba(x[n_train:]))
     pred, true = np.argmax(P, axis=1), y[n_train:]
     if args.every:

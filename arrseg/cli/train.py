@@ -173,13 +173,11 @@ def run(args, out=None):
     print(f"arrseg train: {len(xs)} image(s) of {xs[0].shape[0]} channel(s), "
           f"{n_pixels} labelled pixels; {model!r}", file=out, flush=True)
     validation = (dvxs, vys) if vxs else None
-    with fit_progress(args.quiet) as verbose, warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.set_params(verbose=verbose)
         start = time.perf_counter()
-        model.fit(dxs, ys, validation=validation)
+        model.fit(dxs, ys, validation=validation, progress=fit_progress(args.quiet))
         seconds = time.perf_counter() - start
-    model.set_params(verbose=False)
     for w in caught:
         report(" ".join(str(w.message).split()), "warning")
     print(f"trained {model.n_iter_} iteration(s) in {seconds:.1f} s, final loss "
