@@ -8,15 +8,18 @@
 #      modules the checks need are importable                            -> env.log
 #   3. the CuPy tests: pytest -k "$PYTEST_K"                             -> pytest.log
 #   4. public API vs raw fused launchers: tools/gpu_timings.py           -> timings.log, .json
+#   4b. the residual network, arrseg on CuPy vs PyTorch CUDA (cuDNN):
+#      tools/deep_vs_torch.py --device gpu $DEEP_ARGS                    -> deep.log
 #   5. compute-sanitizer memcheck, racecheck, synccheck, initcheck,
 #      on a tiny fused run                                           -> sanitizer.log
 #   5b. ncu SpeedOfLight, Occupancy, LaunchStats, seed configuration -> ncu.log
 #   6. asv --quick over "$ASV_BENCH" (when asv is importable)            -> asv.log
-#   7. the summary table (tools/gpu_table.py), printed last              -> summary.txt
+#   7. the summary table (tools/gpu_table.py), then deep.log's tables, printed
+#      last (stdout only: `python tools/gpu_table.py --dir LOGS` remakes it)
 #
 # Logs go to $GPU_CHECK_LOGS, else $OUT/gpu_check when OUT is set (the device
-# tool returns at most 8 files: this writes 7), else gpu_check_logs/ in the
-# repository. Every step runs under `timeout`, within a total budget
+# tool returns at most 8 files: this writes 8, env pytest timings sanitizer ncu
+# deep asv .log and timings.json), else gpu_check_logs/ in the repository. Every step runs under `timeout`, within a total budget
 # (GPU_CHECK_BUDGET seconds, default 450): a step gets at most its own limit
 # and what is left of the budget; once the budget is spent the remaining steps
 # are skipped and say so. The asv step runs last: gpu_timings.py measures the
@@ -25,9 +28,11 @@
 # On the device machine (the call's carry names .whl when wheels were fetched):
 #   bash tools/gpu_check.sh
 # Knobs (environment): PYTHON (default python3), GPU_CHECK_BUDGET,
-#   GPU_CHECK_SKIP (space-separated among: env wheels pytest timings sanitizer ncu asv),
-#   PYTEST_K, PYTEST_WORKERS (pytest-xdist workers when installed, default 4; 0: none),
-#   TIMINGS_ARGS (e.g. --quick), ASV_BENCH (default "Fused|PublicGPU").
+#   GPU_CHECK_SKIP (space-separated among: env wheels pytest timings deep sanitizer ncu
+#   asv), PYTEST_K, PYTEST_WORKERS (pytest-xdist workers when installed, default 4;
+#   0: none), TIMINGS_ARGS (e.g. --quick), DEEP_ARGS (default "--depths 0,2,4"; depth
+#   0 is the one-layer network, run by the fused kernels), ASV_BENCH (default
+#   "Fused|PublicGPU"; "ResidualNetworkGPU|TorchResidualGPU" for the deep pair).
 set -u -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
@@ -46,11 +51,13 @@ PYTEST_K=${PYTEST_K:-"(cupy or cuda or fused or gpu or device) and not emulated"
 PYTEST_WORKERS=${PYTEST_WORKERS:-4}
 ASV_BENCH=${ASV_BENCH:-"Fused|PublicGPU"}
 TIMINGS_ARGS=${TIMINGS_ARGS:-}
+DEEP_ARGS=${DEEP_ARGS:-"--depths 0,2,4"}
 SITE=/tmp/site
 START=$SECONDS
 
 mkdir -p "$LOGS" || exit 2
-for f in env.log pytest.log timings.log timings.json sanitizer.log ncu.log asv.log summary.txt; do
+for f in env.log pytest.log timings.log timings.json deep.log sanitizer.log ncu.log asv.log \
+    summary.txt; do
     rm -f "$LOGS/$f"
 done
 
@@ -176,6 +183,12 @@ run_step pytest "pytest (CuPy selection)" 180 "$LOGS/pytest.log" \
 run_step timings "gpu_timings.py" 150 "$LOGS/timings.log" \
     "$PY" tools/gpu_timings.py --json "$LOGS/timings.json" $TIMINGS_ARGS
 
+# --- 4b. the residual network: CuPy (array-API path; fused at depth 0) vs cuDNN ---
+# exit 2 with one line when CuPy, a GPU or PyTorch's CUDA is missing
+# shellcheck disable=SC2086  # DEEP_ARGS is a list of options
+run_step deep "deep_vs_torch.py (GPU)" 90 "$LOGS/deep.log" \
+    "$PY" tools/deep_vs_torch.py --device gpu $DEEP_ARGS
+
 # --- 5. compute-sanitizer on a tiny fused run ----------------------------------
 SNIPPET=$(mktemp /tmp/arrseg_sanitizer_XXXXXX.py)
 cat >"$SNIPPET" <<'EOF'
@@ -256,4 +269,12 @@ fi
 # --- 7. the table ----------------------------------------------------------------
 echo "total $((SECONDS - START)) s"
 echo
-"$PY" tools/gpu_table.py --dir "$LOGS" | tee "$LOGS/summary.txt"
+"$PY" tools/gpu_table.py --dir "$LOGS"
+# deep.log's tables (its header on), else its last lines (why it did not run)
+echo
+echo "== the residual network, arrseg on CuPy vs PyTorch CUDA (deep.log) =="
+if grep -q "^arrseg .* vs PyTorch" "$LOGS/deep.log" 2>/dev/null; then
+    sed -n '/^arrseg .* vs PyTorch/,/^### exit/p' "$LOGS/deep.log"
+else
+    tail -n 5 "$LOGS/deep.log" 2>/dev/null || echo "no deep.log"
+fi

@@ -1,4 +1,4 @@
-"""The residual network (depth > 0): arrseg on NumPy beside PyTorch on the CPU.
+"""The residual network: arrseg beside PyTorch, on the CPU and on a CUDA GPU.
 
 The network: opening convolution C -> k (3 x 3, tanh), ``depth`` residual
 layers k -> k (3 x 3, dilations 1, 2, 4, ... doubling, step 1), a 1 x 1
@@ -12,6 +12,14 @@ forward, ``cross_entropy`` and ``.backward()``; forward and softmax under
 ``ResidualNetwork.time_loss_and_grad / TorchResidual.time_loss_and_grad``
 comes from one asv run. ``tools/deep_vs_torch.py`` times the same classes
 side by side in one process.
+
+``ResidualNetworkGPU`` and ``TorchResidualGPU`` are the same pair on a CUDA
+GPU: arrseg on CuPy arrays (method "auto": at depth 0 the fused kernels, with
+residual layers the array-API path) and PyTorch on CUDA (cuDNN with
+``cudnn.benchmark``, TF32 off, so that both compute in float32), each timed
+call ending with a device synchronisation. Without CuPy, a GPU or PyTorch's
+CUDA, their ``setup`` raises NotImplementedError (asv: skipped) before any
+work.
 """
 
 from __future__ import annotations
@@ -20,10 +28,13 @@ import numpy as np
 
 import arrseg
 
-from .common import CHANNELS, N_CLASSES, AsvSettings, Config, reset_peak_rss, torch
+from .common import (CHANNELS, N_CLASSES, AsvSettings, Config, get_backend, reset_peak_rss,
+                     torch)
 
 #: Numbers of residual layers benchmarked.
 DEPTHS = (2, 4, 6)
+#: On the GPU also depth 0, the one-layer network that the fused kernels run.
+GPU_DEPTHS = (0,) + DEPTHS
 #: N, size, k, s, dtype of the residual benchmarks.
 RESIDUAL_CONFIG = Config(n_images=4, size=256, width=16, kernel_size=3,
                          dtype="float32")
@@ -38,7 +49,7 @@ def make_residual_problem(config, depth, layer_kernel_size=LAYER_KERNEL_SIZE):
     -------
     x : array (N, CHANNELS, size, size)
     labels : int64 array (N, size, size)
-    params : arrseg.ResidualParams
+    params : arrseg.ResidualParams (arrseg.Params at depth 0)
     dilation : tuple of int, length depth
     """
     x, labels = arrseg.data.make_shapes(
@@ -50,44 +61,94 @@ def make_residual_problem(config, depth, layer_kernel_size=LAYER_KERNEL_SIZE):
     return x, labels, params, tuple(2 ** j for j in range(depth))
 
 
-class ArrsegResidualNetwork:
-    """arrseg's public functions on NumPy arrays, with the network's options."""
+def _no_sync():
+    """Host computations are done when the call returns."""
 
-    def __init__(self, problem, *, step=1.0, layer="residual", method="direct"):
-        self.x, self.labels, self.params, dilation = problem
+
+class ArrsegResidualNetwork:
+    """arrseg's public functions on NumPy or CuPy arrays, with the network's options.
+
+    ``backend`` "numpy" or "cupy" (:func:`benchmarks.common.get_backend`:
+    NotImplementedError without CuPy or a GPU); on CuPy the problem's arrays
+    are copied to the device and every call ends with
+    ``cupy.cuda.Device().synchronize()``, so that a timed call is the device's
+    work. ``path(pass_)`` names the implementation arrseg's dispatcher picks.
+    """
+
+    def __init__(self, problem, *, step=1.0, layer="residual", method="direct",
+                 backend="numpy"):
+        xp = get_backend(backend).xp
+        x, labels, params, dilation = problem
+        self.sync = _no_sync
+        if backend == "cupy":
+            x, labels = xp.asarray(x), xp.asarray(labels)
+            params = arrseg.params.params_like(
+                params, (None if a is None else xp.asarray(a) for a in params))
+            self.sync = xp.cuda.Device().synchronize
+        self.xp, self.x, self.labels, self.params = xp, x, labels, params
         self.options = dict(dilation=dilation, step=step, layer=layer, method=method)
 
     def loss_and_grad(self):
-        return arrseg.loss_and_grad(self.x, self.labels, self.params, **self.options)
+        out = arrseg.loss_and_grad(self.x, self.labels, self.params, **self.options)
+        self.sync()
+        return out
 
     def predict_proba(self):
-        return arrseg.predict_proba(self.x, self.params, **self.options)
+        out = arrseg.predict_proba(self.x, self.params, **self.options)
+        self.sync()
+        return out
+
+    def path(self, pass_):
+        """The dispatcher's choice for ``pass_`` ("train" or "predict"), or "?"."""
+        from array_api_compat import array_namespace
+        from arrseg.core import select_path
+        p = self.params
+        layers = None if p.K_layers is None else tuple(p.K_layers.shape)
+        try:
+            return select_path(self.options["method"], array_namespace(self.x),
+                               tuple(self.x.shape), tuple(p.K.shape), p.W.shape[1],
+                               self.x.dtype, pass_, layers)
+        except Exception:  # an internal function: its signature may change
+            return "?"
 
 
 class TorchResidualNetwork:
-    """The same network in PyTorch (CPU, eager, NCHW), the reference.
+    """The same network in PyTorch (eager, NCHW), the reference.
 
     ``loss_and_grad`` runs the forward pass, ``cross_entropy`` (mean over
     pixels, as arrseg's) and ``.backward()`` into every parameter's
     ``.grad``; ``predict_proba`` the softmax under ``torch.inference_mode``.
     The symmetric layer's K_j^T is ``conv_transpose2d`` with the same kernel.
+
+    ``device`` "cpu" or "cuda"; on CUDA (NotImplementedError where PyTorch
+    sees none) this sets ``torch.backends.cudnn.benchmark = True`` and
+    ``cudnn.allow_tf32 = tf32`` (default False: float32 arithmetic, as
+    arrseg's), and every call ends with ``torch.cuda.synchronize()``.
     """
 
-    def __init__(self, problem, *, step=1.0, layer="residual"):
+    def __init__(self, problem, *, step=1.0, layer="residual", device="cpu", tf32=False):
         if torch is None:
             raise NotImplementedError("PyTorch is not installed")
+        self.sync = _no_sync
+        if device == "cuda":
+            if not torch.cuda.is_available():
+                raise NotImplementedError(f"PyTorch {torch.__version__} sees no CUDA GPU")
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.allow_tf32 = tf32
+            self.sync = torch.cuda.synchronize
+
+        def tensor(a):  # a leaf on the device, owning its memory
+            return torch.from_numpy(np.array(a)).to(device)
+
         x, labels, params, self.dilation = problem
-        self.x = torch.from_numpy(np.ascontiguousarray(x))
-        self.labels = torch.from_numpy(np.ascontiguousarray(labels))
+        self.x, self.labels = tensor(x), tensor(labels)
         self.h, self.symmetric = step, layer == "symmetric"
-        self.K, self.b, self.W, self.c = (torch.from_numpy(np.array(a)).requires_grad_()
-                                          for a in params[:4])
-        self.K_layers = [torch.from_numpy(np.array(K)).requires_grad_()
-                         for K in params.K_layers]
-        self.b_layers = [torch.from_numpy(np.array(b)).requires_grad_()
-                         for b in params.b_layers]
+        self.K, self.b, self.W, self.c = (tensor(a).requires_grad_() for a in params[:4])
+        depth = 0 if params.K_layers is None else len(params.K_layers)
+        self.K_layers = [tensor(params.K_layers[j]).requires_grad_() for j in range(depth)]
+        self.b_layers = [tensor(params.b_layers[j]).requires_grad_() for j in range(depth)]
         self.p = params.K.shape[2] // 2
-        self.p_r = params.K_layers.shape[3] // 2
+        self.p_r = params.K_layers.shape[3] // 2 if depth else 0
 
     def parameters(self):
         return [self.K, self.b, self.W, self.c, *self.K_layers, *self.b_layers]
@@ -109,19 +170,25 @@ class TorchResidualNetwork:
             p.grad = None
         loss = torch.nn.functional.cross_entropy(self.logits(), self.labels)
         loss.backward()
+        self.sync()
         return loss
 
     def predict_proba(self):
         with torch.inference_mode():
-            return torch.softmax(self.logits(), dim=1)
+            P = torch.softmax(self.logits(), dim=1)
+        self.sync()
+        return P
 
 
 class _ResidualBenchmark(AsvSettings):
     """Common setup: a tiny problem first (thread pools, code pages), then
-    the measured one; the peak RSS reset last."""
+    the measured one; on a GPU (``gpu = True``) the measured calls once
+    (compilation, cuDNN's autotuning); the peak RSS reset last."""
 
     params = (DEPTHS,)
     param_names = ("depth",)
+    #: Whether the network runs on the GPU (setup warms the measured calls).
+    gpu = False
 
     def network(self, problem):
         raise NotImplementedError
@@ -132,6 +199,9 @@ class _ResidualBenchmark(AsvSettings):
         tiny.predict_proba()
         tiny.loss_and_grad()
         self.net = self.network(make_residual_problem(RESIDUAL_CONFIG, depth))
+        if self.gpu:
+            self.net.predict_proba()
+            self.net.loss_and_grad()
         reset_peak_rss()
 
     def time_loss_and_grad(self, depth):
@@ -156,3 +226,25 @@ class TorchResidual(_ResidualBenchmark):
 
     def network(self, problem):
         return TorchResidualNetwork(problem)
+
+
+class ResidualNetworkGPU(_ResidualBenchmark):
+    """arrseg on CuPy, method "auto", over the depth (0: the fused kernels);
+    skipped without CuPy or a GPU."""
+
+    params = (GPU_DEPTHS,)
+    gpu = True
+
+    def network(self, problem):
+        return ArrsegResidualNetwork(problem, method="auto", backend="cupy")
+
+
+class TorchResidualGPU(_ResidualBenchmark):
+    """PyTorch on CUDA (cuDNN, benchmark mode, TF32 off), the same network;
+    skipped without PyTorch's CUDA."""
+
+    params = (GPU_DEPTHS,)
+    gpu = True
+
+    def network(self, problem):
+        return TorchResidualNetwork(problem, device="cuda")
