@@ -193,13 +193,10 @@ def _deep_path(method, xp, x_shape, kernel_shape, n_classes, dtype, pass_,
     return method
 
 
-def _path(options, x, params_or_K, n_classes, xp, pass_, layers=None):
-    K = getattr(params_or_K, "K", params_or_K)
-    if layers is None:
-        layers = getattr(params_or_K, "K_layers", None)
+def _path(options, x, K, n_classes, xp, pass_, K_layers=None):
     return select_path(options.method, xp, tuple(x.shape), tuple(K.shape),
                        n_classes, x.dtype, pass_,
-                       None if layers is None else tuple(layers.shape))
+                       None if K_layers is None else tuple(K_layers.shape))
 
 
 def _convolution(path):
@@ -231,7 +228,8 @@ def forward(x, params, options, xp, *, out_dtype=None):
     -------
     P : array (N, n_c, H, W)
     """
-    path = _path(options, x, params, params.W.shape[1], xp, "predict")
+    path = _path(options, x, params.K, params.W.shape[1], xp, "predict",
+                 params.K_layers)
     if params.K_layers is not None:
         return _deep_forward(x, params, options, xp, path, out_dtype)
     if path == "fused":
@@ -277,7 +275,8 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index, xp, *,
     grads : tuple (dK, db, dW, dc), or 1-D array with ``flat=True``
         In x's dtype; dc is None when params.c is.
     """
-    path = _path(options, x, params, params.W.shape[1], xp, "train")
+    path = _path(options, x, params.K, params.W.shape[1], xp, "train",
+                 params.K_layers)
     if params.K_layers is not None:
         loss, grads = _deep_loss_and_grad(x, labels, params, options, class_weight,
                                           ignore_index, xp, path)
@@ -342,7 +341,7 @@ def features(x, K, b, options, xp, layers=None):
     """
     K_layers = None if layers is None else layers[0]
     # n_classes does not enter the features' cost; 2 keeps the cache small
-    path = _path(options, x, K, 2, xp, "features", layers=K_layers)
+    path = _path(options, x, K, 2, xp, "features", K_layers)
     if K_layers is not None:
         if path == "blocked":
             from .cpu import residual
