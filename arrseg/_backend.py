@@ -8,6 +8,8 @@ namespaces are discovered from the arrays a user passes in.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from array_api_compat import (
     array_namespace,
@@ -17,8 +19,9 @@ from array_api_compat import (
     is_torch_array,
 )
 
-__all__ = ["namespace_of", "refuse_masked", "resolve_namespace", "default_namespace", "to_numpy",
-           "device", "float_dtype", "float_name", "image_float_dtype"]
+__all__ = ["is_dask_array", "namespace_of", "refuse_masked", "resolve_namespace",
+           "default_namespace", "to_numpy", "device", "float_dtype", "float_name",
+           "image_float_dtype"]
 
 
 def default_namespace():
@@ -26,6 +29,14 @@ def default_namespace():
     import array_api_compat.numpy as xp_numpy
 
     return xp_numpy
+
+
+def is_dask_array(obj):
+    """True for a ``dask.array.Array``; never imports Dask (an array of a
+    Dask that is not imported cannot exist)."""
+    module = sys.modules.get("dask.array")
+    array_type = getattr(module, "Array", None)
+    return array_type is not None and isinstance(obj, array_type)
 
 
 def resolve_namespace(xp):

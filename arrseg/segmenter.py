@@ -47,7 +47,7 @@ import time
 import numpy as np
 from array_api_compat import array_namespace, is_array_api_obj
 
-from ._backend import device, image_float_dtype, to_numpy
+from ._backend import device, image_float_dtype, is_dask_array, to_numpy
 from ._validation import check_call, finish_calls
 from .estimator import classes, inputs, persistence, training
 from .estimator.settings import (
@@ -342,7 +342,9 @@ class Segmenter:
             One image (H, W) or (C, H, W), a batch (N, C, H, W), or a list of
             (H, W) / (C, H, W) images (of different sizes if need be). Any
             array API namespace; integer images (uint8, uint16) are fine:
-            they are normalised.
+            they are normalised. A dask array (one image or a batch) trains
+            data-parallel on the active Dask scheduler, a ``dask.distributed``
+            Client's workers included (:mod:`arrseg.dask.training`).
         labels : integer array or list of arrays
             Class indices of the pixels, (H, W) per image: (H, W) for one
             image, (N, H, W) for a batch, a list for a list.
@@ -378,6 +380,11 @@ class Segmenter:
             (training stops once it exceeds 100 times): the estimator keeps
             the parameters of the iteration with the lowest loss.
         """
+        if is_dask_array(images):  # data-parallel, on the active Dask scheduler
+            from .dask import training as dask_training
+
+            return dask_training.fit(self, images, labels, validation=validation,
+                                     progress=progress)
         start_time = time.perf_counter()
         s = check_settings(self)
         groups, form = inputs.image_groups(images)
@@ -414,19 +421,7 @@ class Segmenter:
                              seed=self.seed, dtype="float64" if dtype == xp.float64
                              else "float32", xp=xp, device=dev)
 
-        # the fitted state, kept up to date so that an error leaves a usable model
-        self.in_channels_ = C
-        self.n_classes_ = n_classes
-        self.classes_ = np.arange(n_classes)
-        self.mean_, self.std_ = mean, std
-        self.class_weight_ = class_weight
-        self.loss_curve_ = []
-        self.validation_scores_ = []
-        self.validation_loss_curve_ = []
-        self.validation_score_ = None
-        self.n_iter_ = 0
-        self.params_ = params
-        self._params_cache = {}
+        self._start_fit(C, n_classes, mean, std, class_weight, params)
 
         if progress is None and s.verbose:
             progress = training.Progress
@@ -437,8 +432,9 @@ class Segmenter:
                 training.fit_varpro(self, xs, ys, params, cw, s, val, monitor, progress,
                                     xp)
             else:
-                training.fit_first_order(self, xs, ys, host_labels, params, cw, s, val,
-                                         monitor, progress, rng, xp, dev)
+                batches = training.CropBatches(xs, ys, host_labels, cw, s, rng, xp, dev)
+                training.fit_first_order(self, batches, params, s, val, monitor,
+                                         progress, xp, dev)
             if monitor.uses_validation:  # keep the best model seen
                 self.params_ = monitor.best_params
                 self.validation_score_ = monitor.best_score
@@ -451,6 +447,22 @@ class Segmenter:
             self._params_cache = {}
             self.fit_time_ = time.perf_counter() - start_time
         return self
+
+    def _start_fit(self, C, n_classes, mean, std, class_weight, params):
+        """The fitted state at the start of training, kept up to date from
+        then on, so that an error leaves a usable model."""
+        self.in_channels_ = C
+        self.n_classes_ = n_classes
+        self.classes_ = np.arange(n_classes)
+        self.mean_, self.std_ = mean, std
+        self.class_weight_ = class_weight
+        self.loss_curve_ = []
+        self.validation_scores_ = []
+        self.validation_loss_curve_ = []
+        self.validation_score_ = None
+        self.n_iter_ = 0
+        self.params_ = params
+        self._params_cache = {}
 
     @staticmethod
     def _split_pixels(host_labels, rng, s):
@@ -589,7 +601,13 @@ class Segmenter:
         array or list of arrays
             (n_c, H, W) for one image, (N, n_c, H, W) for a batch, a list of
             (n_c, H, W) for a list; in the images' namespace and device.
+            For a dask array, a lazy dask array chunked like it in N, H and
+            W (:mod:`arrseg.dask.estimator`).
         """
+        if is_dask_array(images):
+            from .dask import estimator as dask_estimator
+
+            return dask_estimator.predict_proba(self, images)
         out, form = self._proba_groups(images, "predict_proba")
         return inputs.reshape_out(out, form)
 
@@ -600,7 +618,12 @@ class Segmenter:
         -------
         array or list of arrays
             (H, W) for one image, (N, H, W) for a batch, a list of (H, W).
+            For a dask array, a lazy dask array chunked like it.
         """
+        if is_dask_array(images):
+            from .dask import estimator as dask_estimator
+
+            return dask_estimator.predict(self, images)
         out, form = self._proba_groups(images, "predict")
         labels = []
         for P in out:
@@ -612,12 +635,19 @@ class Segmenter:
         """Mean IoU (:func:`arrseg.metrics.mean_iou`) of the predictions on the
         labelled pixels (``ignore_index`` pixels do not count).
 
+        Dask images (and dask or NumPy labels) are scored by one dask
+        reduction of the confusion counts (:mod:`arrseg.dask.estimator`).
+
         Returns
         -------
         float
         """
         from .metrics import mean_iou
 
+        if is_dask_array(images):  # one dask reduction of the confusion counts
+            from .dask import estimator as dask_estimator
+
+            return dask_estimator.score(self, images, labels)
         self._check_fitted("score")
         groups, form = inputs.image_groups(images)
         xp = array_namespace(groups[0])

@@ -278,3 +278,21 @@ def test_prediction_memory_does_not_grow_with_the_height(rng, monkeypatch):
     assert peaks[1] < 2 * peaks[0], peaks
     # one (N, k, H, W) array of features at H = 2048 is 6.3 MB
     assert peaks[1] < 0.4 * 2 * 8 * 2048 * 48 * 4, peaks
+
+
+def test_bands_are_balanced_and_keep_the_result(rng, monkeypatch):
+    # one 64-row image: one band by the buffer, four by the balancing; the
+    # probabilities equal those of one band (and of the array-API reference)
+    balanced = residual_prediction._balanced_rows
+    assert balanced(1, 512, 512, 8) == 128            # 4 bands of 4 halos
+    assert balanced(1, 1040, 484, 8) == 260           # 3 bands -> 4
+    assert balanced(2, 512, 256, 8) == 256            # 4 bands already
+    assert balanced(1, 60, 60, 8) == 60               # thinner than 4 halos: kept
+    x, params, _ = problem(rng, 1, 3, 64, 20, 4, 3, 3, 3, 2, np.float64)
+    options = dict(dilation=(1, 2), method="direct")
+    P = arrseg.predict_proba(x, params, **options)
+    monkeypatch.setattr(residual_prediction, "BAND_MULTIPLE", 1)
+    whole = arrseg.predict_proba(x, params, **options)
+    ref = arrseg.predict_proba(x, params, method="fft", dilation=(1, 2))
+    np.testing.assert_allclose(P, whole, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(P, ref, rtol=0, atol=1e-12)

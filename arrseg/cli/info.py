@@ -21,6 +21,8 @@ LIBRARIES = [
     ("threadpoolctl", "required"),
     ("tifffile", "cli extra: TIFF"), ("pillow", "cli extra: PNG, JPEG"),
     ("tqdm", "cli extra: progress bars"), ("matplotlib", "cli extra: figures"),
+    ("dask", "dask extra: chunked arrays"), ("distributed", "dask extra: clusters"),
+    ("zarr", "dask extra: Zarr stores"),
     ("cupy-cuda12x", "GPU backend"), ("cupy-cuda13x", "GPU backend"),
     ("torch", "backend / test reference"), ("array-api-strict", "backend (tests)"),
 ]

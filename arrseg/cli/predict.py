@@ -16,6 +16,9 @@ into the folder ``-o``, under names made from ``--name`` (fields
 in that folder, never a path: separators, ``..`` and names that would
 overwrite an input are refused before anything is computed. Each file is
 written to a temporary name and renamed when complete.
+
+``--zarr``: out of core, each image read and predicted chunk by chunk and
+written to Zarr stores (:mod:`arrseg.cli.predict_zarr`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ..io.readers import IMAGE_SUFFIXES
 from ..io.render import entropy, label_image, overlay
 from ..io.writers import check_folder, write_npy, write_png, write_tiff
 from . import _options as opt
+from . import predict_zarr
 from ._errors import CommandError
 from ._progress import bar
 
@@ -70,12 +74,22 @@ def add_parser(sub):
     p.add_argument("--band-rows", type=opt.positive, metavar="N",
                    help="rows of an image predicted at once (default: bands of "
                    f"about {BAND_PIXELS} pixels)")
+    p.add_argument("--zarr", action="store_true",
+                   help="out of core: read each IMAGE (a Zarr store, or a TIFF file) "
+                   "lazily in chunks, predict it chunk by chunk with Dask and write "
+                   "probabilities, labels and uncertainty as Zarr stores (.zarr) "
+                   "chunked alike")
+    p.add_argument("--chunk", type=opt.positive, metavar="N",
+                   help="with --zarr: chunks of N x N pixels, a multiple of the "
+                   "input's chunks (default: the input's chunks)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def _extension(output, args):
+    if getattr(args, "zarr", False):
+        return "zarr"
     if output in ("probabilities", "uncertainty"):
         return "tif" if args.format == "tiff" else "npy"
     if output == "labels":
@@ -124,7 +138,7 @@ def _plan(args):
     protected = {os.path.realpath(p): p for p in [args.model, *args.images]}
     plan, seen = [], {}
     for i, path in enumerate(args.images):
-        stem = os.path.splitext(os.path.basename(path))[0]
+        stem = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
         files = []
         for output in OUTPUTS:
             if output not in args.output:
@@ -242,7 +256,14 @@ def run(args, out=None):
     if not os.path.isfile(args.model):
         raise CommandError(f"{args.model}: no such model file" if not
                            os.path.exists(args.model) else f"{args.model}: not a file")
-    _check_inputs(args.images)
+    if args.zarr:
+        predict_zarr.check_args(args)
+        predict_zarr.check_stores(args.images)
+    else:
+        if args.chunk is not None:
+            raise CommandError("--chunk is the chunk size of --zarr; without --zarr "
+                               "large images are predicted in bands (--band-rows)")
+        _check_inputs(args.images)
     plan = _plan(args)
     check_folder(args.output_dir)
     xp = None
@@ -251,6 +272,10 @@ def run(args, out=None):
 
         xp = gpu_namespace()
     model = Segmenter.load(args.model, xp=xp)
+    if args.zarr:
+        written = predict_zarr.predict_stores(model, plan, args, xp)
+        print(f"wrote {written} Zarr store(s) to {args.output_dir}", file=out)
+        return 0
     halo, boundary = receptive_halo_of(model)
     n_c, C = model.n_classes_, model.in_channels_
     files = bar(len(plan), "predict", "file", args.quiet)

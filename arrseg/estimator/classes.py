@@ -108,9 +108,12 @@ def class_counts(host_labels, n_classes, ignore):
     return counts
 
 
-def resolve_class_weight(host_labels, n_classes, settings):
+def resolve_class_weight(host_labels, n_classes, settings, *, counts=None):
     """The fit's class weights: None, "balanced" as scikit-learn, or the
     checked sequence; float64 (n_classes,) or None.
+
+    ``counts``, the labelled pixels per class, replaces ``host_labels``
+    where they were counted elsewhere (dask arrays, :mod:`arrseg.dask.training`).
 
     Raises
     ------
@@ -122,7 +125,8 @@ def resolve_class_weight(host_labels, n_classes, settings):
     cw = s.class_weight
     if cw is None:
         return None
-    counts = class_counts(host_labels, n_classes, s.ignore_index)
+    if counts is None:
+        counts = class_counts(host_labels, n_classes, s.ignore_index)
     if isinstance(cw, str):  # "balanced"
         total = counts.sum()
         return np.where(counts > 0, total / (n_classes * np.maximum(counts, 1)), 0.0)

@@ -46,8 +46,8 @@ from ..optim.varpro import VarPro
 from ..tiling import proba_tiled
 from .crops import CropSampler
 
-__all__ = ["DivergenceWarning", "Monitor", "Progress", "fit_first_order",
-           "fit_varpro", "keep_best_if_diverged", "mean_iou_of_confusion",
+__all__ = ["CropBatches", "DivergenceWarning", "Monitor", "Progress",
+           "fit_first_order", "fit_varpro", "keep_best_if_diverged", "mean_iou_of_confusion",
            "validation_scores"]
 
 
@@ -269,8 +269,39 @@ def _smoothness_flat(params, alpha, layout, xp, dev):
     return value, xp.concat(parts)
 
 
-def fit_first_order(est, xs, ys, host_labels, params, class_weight, settings, val,
-                    monitor, progress, rng, xp, dev):
+class CropBatches:
+    """The in-memory mini-batches of :func:`fit_first_order`: random crops
+    (or whole images) of the training images (:class:`CropSampler`), and
+    the core's loss and flat gradient on each, unchecked and on the device.
+
+    Parameters
+    ----------
+    xs, ys : lists of arrays
+        Normalised images (N, C, H, W) and int64 labels (N, H, W), on ``dev``.
+    host_labels : list of ndarrays
+        The labels on the host, for the crop plan.
+    class_weight : array (n_c,) or None
+        On ``dev``, in the images' dtype.
+    settings : FitSettings
+    rng : numpy.random.Generator
+    xp : namespace
+    dev : device
+    """
+
+    def __init__(self, xs, ys, host_labels, class_weight, settings, rng, xp, dev):
+        self.sampler = CropSampler(xs, ys, host_labels, settings, rng, xp, dev)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.class_weight, self.settings, self.xp = class_weight, settings, xp
+
+    def loss_and_grad(self, params):
+        """(loss, flat gradient) of the next batch, on the device."""
+        xb, yb = self.sampler.batch()
+        s = self.settings
+        return core.loss_and_grad(xb, yb, params, s.options, self.class_weight,
+                                  s.ignore_index, self.xp, flat=True)
+
+
+def fit_first_order(est, batches, params, settings, val, monitor, progress, xp, dev):
     """SGD or Adam on mini-batches; updates ``est``'s fitted attributes as it goes.
 
     The parameters live in one flat vector theta (:mod:`arrseg.optim.flat`):
@@ -281,27 +312,21 @@ def fit_first_order(est, xs, ys, host_labels, params, class_weight, settings, va
     Parameters
     ----------
     est : Segmenter
-    xs, ys : lists of arrays
-        Normalised images (N, C, H, W) and int64 labels (N, H, W), on ``dev``.
-    host_labels : list of ndarrays
-        The labels on the host, for the crop plan.
+    batches : CropBatches or arrseg.dask.training.BlockBatches
+        ``steps_per_epoch``, and ``loss_and_grad(params)``: the loss and
+        flat gradient of the next mini-batch, in ``xp`` on ``dev``.
     params : Params or ResidualParams
         Initial parameters, on ``dev``.
-    class_weight : array (n_c,) or None
-        On ``dev``, in the images' dtype.
     settings : FitSettings
     val : Validation or None
     monitor : Monitor
     progress : Progress or None
-    rng : numpy.random.Generator
     xp : namespace
     dev : device
     """
     s = settings
     opt = (SGD(s.learning_rate, s.momentum, nesterov=s.nesterov)
            if s.optimizer == "sgd" else Adam(s.learning_rate))
-    sampler = CropSampler(xs, ys, host_labels, s, rng, xp, dev)
-    options, ignore = s.options, s.ignore_index
     layout = layout_of(params)
     theta = flatten(params, xp)
     decay = (decay_vector(layout, s.weight_decay, theta.dtype, xp, dev)
@@ -311,11 +336,9 @@ def fit_first_order(est, xs, ys, host_labels, params, class_weight, settings, va
         before, losses = [], []
         # overflow is detected below, once per iteration, and reported
         with np.errstate(over="ignore", invalid="ignore"):
-            for _ in range(sampler.steps_per_epoch):
-                xb, yb = sampler.batch()
+            for _ in range(batches.steps_per_epoch):
                 current = unflatten(theta, layout, xp)
-                loss, g = core.loss_and_grad(xb, yb, current, options, class_weight,
-                                             ignore, xp, flat=True)
+                loss, g = batches.loss_and_grad(current)
                 if s.smoothness > 0:
                     value, dg = _smoothness_flat(current, s.smoothness, layout, xp, dev)
                     loss = loss + value
@@ -349,10 +372,16 @@ def fit_first_order(est, xs, ys, host_labels, params, class_weight, settings, va
 
 
 def fit_varpro(est, xs, ys, params, class_weight, settings, val, monitor, progress,
-               xp):
-    """VarPro, full batch; updates ``est``'s fitted attributes as it goes."""
+               xp, *, varpro=VarPro):
+    """VarPro, full batch; updates ``est``'s fitted attributes as it goes.
+
+    ``varpro`` is the class that keeps the data: :class:`arrseg.optim.VarPro`
+    for the lists of images ``xs`` and labels ``ys`` in memory, or
+    :class:`arrseg.dask.training.ChunkedVarPro` for a chunked problem on a
+    Dask cluster (``xs``, with ``ys`` None).
+    """
     s = settings
-    vp = VarPro(activation=s.activation, boundary=s.boundary, method=s.method,
+    vp = varpro(activation=s.activation, boundary=s.boundary, method=s.method,
                 dilation=s.dilation, layer_step=s.step, layer=s.layer,
                 class_weight=class_weight, ignore_index=s.ignore_index,
                 weight_decay=s.weight_decay, smoothness=s.smoothness)

@@ -17,6 +17,32 @@ __all__ = ["BAND_BYTES", "features", "forward"]
 BAND_BYTES = 16 << 20
 
 
+#: The bands of a call are made a multiple of this many, so that 1, 2 or 4
+#: threads share them evenly (a fixed number, not the thread count: the
+#: bands, and so the result's bits, do not depend on the threads) ...
+BAND_MULTIPLE = 4
+#: ... unless a band would keep fewer than this many halos of rows (each
+#: band recomputes its halo).
+MIN_BAND_HALOS = 4
+
+
+def _balanced_rows(N, H, rows, halo):
+    """Rows per band so that the bands of all N images share the threads evenly.
+
+    ``rows`` fits the band buffer; with N * ceil(H / rows) bands the last
+    round of a ``parallel_map`` may leave threads idle (one image of one
+    band: all but one). The bands are made thinner until their count is a
+    multiple of :data:`BAND_MULTIPLE`, unless they would fall below
+    :data:`MIN_BAND_HALOS` halos of rows.
+    """
+    bands = N * -(-H // rows)
+    if bands % BAND_MULTIPLE == 0:
+        return rows
+    per_image = -(-(-(-bands // BAND_MULTIPLE) * BAND_MULTIPLE) // N)
+    thinner = -(-H // per_image)
+    return thinner if thinner >= MIN_BAND_HALOS * max(halo, 1) else rows
+
+
 class _Bands:
     """The bands of rows of a prediction and each layer's rows in a band."""
 
@@ -38,6 +64,7 @@ class _Bands:
         else:
             fit = BAND_BYTES // row_bytes - 2 * self.halo
             self.rows = int(min(H, max(fit, 2 * self.halo, 1)))
+        self.rows = _balanced_rows(net.N, H, self.rows, self.halo)
 
     def tasks(self):
         net = self.net
