@@ -31,6 +31,8 @@ Usage::
     python tools/accuracy_benchmark.py            # the table (several minutes)
     python tools/accuracy_benchmark.py --quick    # CI smoke run, < 60 s
     python tools/accuracy_benchmark.py --search   # a grid of Segmenter settings
+    python tools/accuracy_benchmark.py --seeds 0,1,2,3 [--smoothness 0.3]
+                                                  # the spread over initialisations
 
 Timings are wall-clock seconds of one fit on this machine's cores (the
 forest uses all of them, n_jobs=-1; arrseg its NumPy threads); set
@@ -293,14 +295,18 @@ def run_table(datasets, quick):
             print(_fmt(name, results), flush=True)
 
 
-def run_seeds(datasets, seeds):
-    """The defaults' IoU and fit time for each seed (the same labels)."""
+def run_seeds(datasets, seeds, settings=None):
+    """The defaults' IoU and fit time for each seed (the same labels), with
+    ``settings`` (Segmenter keywords) changed from the defaults."""
+    settings = settings or {}
+    if settings:
+        print(f"Segmenter defaults with {settings}")
     print("| dataset | seed | IoU dense | IoU 2% labelled | fit time dense | "
           "fit time 2% |")
     print("|---|---|---|---|---|---|")
     for ds in datasets:
         for seed in seeds:
-            (i_d, t_d), (i_s, t_s) = [measure(ds, dict(seed=seed), sparse)
+            (i_d, t_d), (i_s, t_s) = [measure(ds, dict(settings, seed=seed), sparse)
                                       for sparse in (False, True)]
             print(f"| {ds.name} | {seed} | {i_d:.3f} | {i_s:.3f} | {t_d:.1f} s | "
                   f"{t_s:.1f} s |", flush=True)
@@ -343,7 +349,12 @@ def main(argv=None):
     parser.add_argument("--seeds", default=None, metavar="S1,S2,...",
                         help="instead of the table: the Segmenter() defaults "
                         "with each of these seeds (the initialisation's spread)")
+    parser.add_argument("--smoothness", type=float, default=None,
+                        help="with --seeds: the Segmenter's smoothness regulariser "
+                        "(default: the Segmenter's, 0)")
     args = parser.parse_args(argv)
+    if args.smoothness is not None and not args.seeds:
+        parser.error("--smoothness goes with --seeds")
     if args.threads is not None:
         from threadpoolctl import threadpool_limits
 
@@ -355,7 +366,8 @@ def main(argv=None):
     if args.search:
         run_search(datasets, args.sparse_only)
     elif args.seeds:
-        run_seeds(datasets, [int(v) for v in args.seeds.split(",")])
+        run_seeds(datasets, [int(v) for v in args.seeds.split(",")],
+                  {} if args.smoothness is None else {"smoothness": args.smoothness})
     else:
         run_table(datasets, args.quick)
 
