@@ -117,10 +117,13 @@ def test_errors_name_the_argument():
         Segmenter(max_iter=1).fit(xd, y[:, :-1])
     with pytest.raises(TypeError, match="labels must be an integer array"):
         Segmenter(max_iter=1).fit(xd, y.astype(np.float32))
-    with pytest.raises(ValueError, match="early_stopping"):
+    with pytest.raises(ValueError, match="early_stopping with dask arrays needs "
+                       "validation"):
         Segmenter(max_iter=1, early_stopping=True).fit(xd, y)
-    with pytest.raises(ValueError, match="validation"):
-        Segmenter(max_iter=1).fit(xd, y, validation=(x, y))
+    with pytest.raises(TypeError, match="validation=.* must be in memory"):
+        Segmenter(max_iter=1).fit(xd, y, validation=(xd, y))
+    with pytest.raises(TypeError, match="validation must be a pair"):
+        Segmenter(max_iter=1).fit(xd, y, validation=(x,))
     with pytest.raises(ValueError, match="labelled pixel"):
         Segmenter(max_iter=1).fit(xd, np.full_like(y, -100))
 
@@ -140,3 +143,24 @@ def test_score_on_dask_arrays_equals_in_memory_score():
         est.score(xd, bad)
     with pytest.raises(ValueError, match="labels must have shape"):
         est.score(xd, y[0])
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_validation_data_as_in_memory(early_stopping):
+    # the validation images are scored on this process every iteration, as
+    # in memory; with early stopping the best iteration's model is kept
+    x, y = _data(n=3)
+    xv, yv = x[2:], y[2:]
+    kw = dict(width=4, depth=1, max_iter=6, seed=2, early_stopping=early_stopping,
+              n_iter_no_change=2)
+    ref = Segmenter(**kw).fit(x[:2], y[:2], validation=(xv, yv))
+    with dask.config.set(scheduler="threads"):
+        est = Segmenter(**kw).fit(da.from_array(x[:2], chunks=(1, 3, 12, 24)), y[:2],
+                                  validation=(xv, yv))
+    assert est.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose(est.validation_loss_curve_, ref.validation_loss_curve_,
+                               rtol=1e-6)
+    np.testing.assert_allclose(est.validation_scores_, ref.validation_scores_,
+                               rtol=1e-6)
+    assert est.validation_score_ == pytest.approx(ref.validation_score_, rel=1e-6)
+    _close(est, ref, 1e-6)

@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from .._backend import is_dask_array
 from .._validation import check_options, fit_options
 from ..estimator import classes, inputs, training
 from ..estimator.settings import check_settings
@@ -87,6 +88,16 @@ def _nchw(images, labels):
     x = x.rechunk({1: -1})
     y = y.astype(np.int64).rechunk((x.chunks[0],) + x.chunks[2:])
     return x, y
+
+
+def _pair(validation):
+    """The (images, labels) of ``validation``, or () if it is not a pair
+    (refused later by the Segmenter's own check)."""
+    try:
+        images, labels = validation
+    except (TypeError, ValueError):
+        return ()
+    return images, labels
 
 
 def _namespace(x):
@@ -257,8 +268,10 @@ def fit(est, images, labels, *, validation=None, progress=None):
     images : dask array (H, W), (C, H, W) or (N, C, H, W)
         NumPy chunks. Integer images are normalised as in memory.
     labels : dask or NumPy integer array (H, W) or (N, H, W)
-    validation : None
-        Not supported with dask arrays (a ValueError says so).
+    validation : (images, labels), optional
+        In memory (NumPy): scored every iteration on this process
+        (``validation_scores_``), and used for early stopping when
+        ``early_stopping=True`` (which needs it with dask arrays).
     progress : callable, optional
         As for :meth:`arrseg.Segmenter.fit`.
 
@@ -270,10 +283,13 @@ def fit(est, images, labels, *, validation=None, progress=None):
 
     start_time = time.perf_counter()
     s = check_settings(est)
-    if validation is not None or s.early_stopping:
+    if validation is None and s.early_stopping:
         raise ValueError(
-            f"{_WHERE}validation data and early_stopping are not supported with dask "
-            "arrays: score a held-out part with Segmenter.score after fit")
+            f"{_WHERE}early_stopping with dask arrays needs validation=(images, "
+            "labels) in memory: the held-out pixels are not split from dask labels")
+    if validation is not None and any(is_dask_array(v) for v in _pair(validation)):
+        raise TypeError(f"{_WHERE}validation=(images, labels) with dask images must "
+                        "be in memory (NumPy): they are scored every iteration")
     x, y = _nchw(images, labels)
     xp = _namespace(x)
     if not xp.__name__.endswith("numpy"):
@@ -299,18 +315,25 @@ def fit(est, images, labels, *, validation=None, progress=None):
     if progress is None and s.verbose:
         progress = training.Progress
     progress = None if progress is None else progress(s.max_iter)
-    monitor = training.Monitor(s, False)
     host = _host_namespace()
+    val = None
+    if validation is not None:   # in memory, scored on this process
+        val = est._validation_data(validation, C, mean, std, n_classes,
+                                   None if cw is None else host.asarray(cw), s)
+    monitor = training.Monitor(s, val is not None)
     try:
         if s.optimizer == "varpro":
-            training.fit_varpro(est, problem, None, params, cw, s, None, monitor,
+            training.fit_varpro(est, problem, None, params, cw, s, val, monitor,
                                 progress, host, varpro=ChunkedVarPro)
         else:
             rng = np.random.default_rng(est.seed)
             batches = BlockBatches(problem, s, cw, rng, np.dtype(dtype))
-            training.fit_first_order(est, batches, params, s, None, monitor, progress,
+            training.fit_first_order(est, batches, params, s, val, monitor, progress,
                                      host, "cpu")
-        if est.validation_scores_:
+        if monitor.uses_validation:  # keep the best model seen
+            est.params_ = monitor.best_params
+            est.validation_score_ = monitor.best_score
+        elif est.validation_scores_:
             est.validation_score_ = est.validation_scores_[-1]
         training.keep_best_if_diverged(est, monitor, s)
     finally:
