@@ -435,12 +435,7 @@ class Segmenter:
                 batches = training.CropBatches(xs, ys, host_labels, cw, s, rng, xp, dev)
                 training.fit_first_order(self, batches, params, s, val, monitor,
                                          progress, xp, dev)
-            if monitor.uses_validation:  # keep the best model seen
-                self.params_ = monitor.best_params
-                self.validation_score_ = monitor.best_score
-            elif self.validation_scores_:
-                self.validation_score_ = self.validation_scores_[-1]
-            training.keep_best_if_diverged(self, monitor, s)
+            training.finish_fit(self, monitor, s)
         finally:
             if progress is not None:
                 progress.close()

@@ -288,6 +288,14 @@ def test_problem_bad_arguments():
     neg[0, 0, 0] = -1
     with pytest.raises(ValueError, match="labels must be class indices >= 0"):
         ChunkedProblem(xd, neg, halo_width=7)
+    stray = y.copy()
+    stray[1, 5, 5] = 2**31 - 1          # an "unlabelled" marker: refused, not counted
+    with pytest.raises(ValueError, match=r"value 2147483647.*pass it as ignore_index"):
+        ChunkedProblem(xd, stray, halo_width=7)
+    marked = np.where(stray == -100, 2**31 - 1, stray)
+    with ChunkedProblem(xd, marked, halo_width=7, ignore_index=2**31 - 1) as problem:
+        assert problem.counts.shape[1] == y.max() + 1
+        assert problem.counts.sum() == np.count_nonzero(marked != 2**31 - 1)
     with pytest.raises(TypeError, match="x must be float32 or float64"):
         ChunkedProblem(xd.astype(np.int32), y, halo_width=7)
     with pytest.raises(ValueError, match="labels must have shape"):

@@ -48,6 +48,10 @@ __all__ = ["ChunkedProblem", "Pending"]
 
 _WHAT = "ChunkedProblem"
 
+#: The largest class index a ChunkedProblem takes (its per-block label
+#: counts are a dense table): larger values are refused, naming ignore_index.
+MAX_LABEL = 2**16 - 1
+
 
 def active_client():
     """The ``dask.distributed`` Client in use, or None (none, or no
@@ -193,10 +197,16 @@ class ChunkedProblem:
                     f"{_WHAT}: {what} in the chunk of "
                     f"images {n0}:{n0 + chunks[0][n]}, rows {r0}:{r0 + chunks[1][i]}, "
                     f"columns {c0}:{c0 + chunks[2][j]}")
-        width = max(len(c) for _, _, c in stats)
-        self.counts = np.zeros((len(stats), width), dtype=np.int64)
-        for row, (_, _, c) in zip(self.counts, stats):
-            row[:len(c)] = c
+        top = max((int(v[-1]) for _, _, (v, _) in stats if v.size), default=-1)
+        if top > MAX_LABEL:
+            self.close()
+            raise ValueError(
+                f"{_WHAT}: labels holds the value {top}: class indices must be below "
+                f"{MAX_LABEL + 1}; if {top} marks unlabelled pixels, pass it as "
+                "ignore_index")
+        self.counts = np.zeros((len(stats), top + 1), dtype=np.int64)
+        for row, (_, _, (values, counts)) in zip(self.counts, stats):
+            row[values] = counts
 
     @property
     def n_blocks(self):
@@ -224,7 +234,7 @@ class ChunkedProblem:
         if class_weight is None:
             return self.counts.sum(axis=1).astype(np.float64)
         w = self._weights(class_weight)
-        return self.counts[:, :w.shape[0]] @ w
+        return self.counts @ w[:self.counts.shape[1]]
 
     def _weights(self, class_weight, n_classes=None):
         w = np.asarray(class_weight, dtype=np.float64)
@@ -438,9 +448,11 @@ def _block_stats(block, sides, ignore_index):
     lab = to_numpy(labels)
     counted = lab[lab != ignore_index]
     good = bool(np.all(counted >= 0))
-    counts = np.bincount(counted, minlength=0) if good and counted.size else np.zeros(
-        0, dtype=np.int64)
-    return finite, good, counts.astype(np.int64)
+    if not (good and counted.size):
+        return finite, good, (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    # (values, counts), not a bincount: a stray huge label costs nothing here
+    values, counts = np.unique(counted, return_counts=True)
+    return finite, good, (values.astype(np.int64), counts.astype(np.int64))
 
 
 def _stored_block_sums(block, spec):

@@ -330,12 +330,7 @@ def fit(est, images, labels, *, validation=None, progress=None):
             batches = BlockBatches(problem, s, cw, rng, np.dtype(dtype))
             training.fit_first_order(est, batches, params, s, val, monitor, progress,
                                      host, "cpu")
-        if monitor.uses_validation:  # keep the best model seen
-            est.params_ = monitor.best_params
-            est.validation_score_ = monitor.best_score
-        elif est.validation_scores_:
-            est.validation_score_ = est.validation_scores_[-1]
-        training.keep_best_if_diverged(est, monitor, s)
+        training.finish_fit(est, monitor, s)
     finally:
         problem.close()
         if progress is not None:

@@ -46,9 +46,9 @@ from ..optim.varpro import VarPro
 from ..tiling import proba_tiled
 from .crops import CropSampler
 
-__all__ = ["CropBatches", "DivergenceWarning", "Monitor", "Progress",
-           "fit_first_order", "fit_varpro", "keep_best_if_diverged", "mean_iou_of_confusion",
-           "validation_scores"]
+__all__ = ["CropBatches", "DivergenceWarning", "Monitor", "Progress", "finish_fit",
+           "fit_first_order", "fit_varpro", "keep_best_if_diverged",
+           "mean_iou_of_confusion", "validation_scores"]
 
 
 class Progress:
@@ -117,6 +117,18 @@ class Monitor:
         self.bad = 0 if improved else self.bad + 1
         return (self.bad >= self.patience
                 or loss > DIVERGENCE_STOP_FACTOR * self.lowest[0])
+
+
+def finish_fit(est, monitor, settings):
+    """After training: with early stopping, the model of the best validation
+    loss; else the last validation score, if any; then
+    :func:`keep_best_if_diverged`."""
+    if monitor.uses_validation:  # keep the best model seen
+        est.params_ = monitor.best_params
+        est.validation_score_ = monitor.best_score
+    elif est.validation_scores_:
+        est.validation_score_ = est.validation_scores_[-1]
+    keep_best_if_diverged(est, monitor, settings)
 
 
 def keep_best_if_diverged(est, monitor, settings):
