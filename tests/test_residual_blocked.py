@@ -38,11 +38,21 @@ def n_threads(request, monkeypatch):
 @pytest.fixture(params=["whole", "small"], ids=["whole-images", "small-blocks-bands"])
 def blocking(request, monkeypatch):
     # "small": one or two rows per block and the narrowest bands the halo
-    # allows (2 x halo rows), so that halos span several blocks and bands
+    # allows (2 x halo rows), so that halos span several blocks and bands;
+    # the products in slices of 4 pixels (batched, with a remainder slice
+    # where a block's pixels are not a multiple of 4)
     if request.param == "small":
+        small_slices(monkeypatch)
         monkeypatch.setattr(residual_layers, "BLOCK_PIXELS", 16)
         monkeypatch.setattr(residual_prediction, "BAND_BYTES", 64)
     return request.param
+
+
+def small_slices(monkeypatch):
+    """matmul_columns and matmul_slices in slices of 4 pixels."""
+    monkeypatch.setattr(residual_layers, "SMALL_GEMM", 1)
+    monkeypatch.setattr(residual_layers, "MIN_SLICE", 4)
+    monkeypatch.setattr(residual_layers, "INNER_SLICE", 4)
 
 
 def problem(rng, N, C, H, W, k, n_c, s, s_r, depth, dtype, *, bias=True, scale=1.0):
@@ -155,13 +165,15 @@ def test_float32_stays_float32_and_close_to_float64(rng, layer, blocking):
         assert float(np.abs(g - w).max()) < 2e-5 * float(np.abs(w).max()), name
 
 
-def test_same_bits_for_any_thread_count(rng, monkeypatch):
+@pytest.mark.parametrize("layer", LAYERS)
+def test_same_bits_for_any_thread_count(rng, layer, monkeypatch):
     # per pass, blocks are grouped into chunks fixed by the shapes, and the
     # chunks' sums are added in order, whichever thread ran them
     x, params, labels = problem(rng, 3, 3, 40, 24, 8, 3, 3, 3, 3, np.float32)
     monkeypatch.setattr(residual_layers, "BLOCK_PIXELS", 48)
     monkeypatch.setattr(residual_prediction, "BAND_BYTES", 64)
-    options = dict(boundary="periodic", dilation=(1, 2, 4), method="direct")
+    small_slices(monkeypatch)
+    options = dict(boundary="periodic", dilation=(1, 2, 4), layer=layer, method="direct")
     results = []
     for n in (1, 2, 3, 2):
         monkeypatch.setenv("ARRSEG_NUM_THREADS", str(n))
@@ -296,3 +308,25 @@ def test_bands_are_balanced_and_keep_the_result(rng, monkeypatch):
     ref = arrseg.predict_proba(x, params, method="fft", dilation=(1, 2))
     np.testing.assert_allclose(P, whole, rtol=0, atol=1e-14)
     np.testing.assert_allclose(P, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sliced_products_match_float64(rng, dtype, monkeypatch):
+    # matmul_columns: one batched matmul over whole column slices plus the
+    # remainder; matmul_slices: products of slices of the summed dimension,
+    # summed; both against a float64 product, with and without a remainder
+    small_slices(monkeypatch)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    for n in (4, 12, 13, 3):
+        A = rng.standard_normal((5, 7)).astype(dtype)
+        B = rng.standard_normal((7, n)).astype(dtype)
+        out = np.full((5, n), np.nan, dtype)
+        residual_layers.matmul_columns(A, B, out)
+        want = A.astype(np.float64) @ B.astype(np.float64)
+        assert np.abs(out - want).max() < tol * np.abs(want).max()
+        C = rng.standard_normal((6, n)).astype(dtype)
+        D = rng.standard_normal((n, 3)).astype(dtype)
+        got = residual_layers.matmul_slices(C, D)
+        want = C.astype(np.float64) @ D.astype(np.float64)
+        assert got.dtype == np.float64 and got.shape == (6, 3)
+        assert np.abs(got - want).max() < tol * max(np.abs(want).max(), 1.0)

@@ -33,6 +33,8 @@ Usage::
     python tools/accuracy_benchmark.py --search   # a grid of Segmenter settings
     python tools/accuracy_benchmark.py --seeds 0,1,2,3 [--smoothness 0.3]
                                                   # the spread over initialisations
+    python tools/accuracy_benchmark.py --seeds 0,1,2,3 --set activation=relu --set step=0.5
+                                                  # the same with other Segmenter settings
 
 Timings are wall-clock seconds of one fit on this machine's cores (the
 forest uses all of them, n_jobs=-1; arrseg its NumPy threads); set
@@ -297,7 +299,8 @@ def run_table(datasets, quick):
 
 def run_seeds(datasets, seeds, settings=None):
     """The defaults' IoU and fit time for each seed (the same labels), with
-    ``settings`` (Segmenter keywords) changed from the defaults."""
+    ``settings`` (Segmenter keywords) changed from the defaults; a mean row
+    per dataset."""
     settings = settings or {}
     if settings:
         print(f"Segmenter defaults with {settings}")
@@ -305,11 +308,32 @@ def run_seeds(datasets, seeds, settings=None):
           "fit time 2% |")
     print("|---|---|---|---|---|---|")
     for ds in datasets:
+        rows = []
         for seed in seeds:
             (i_d, t_d), (i_s, t_s) = [measure(ds, dict(settings, seed=seed), sparse)
                                       for sparse in (False, True)]
+            rows.append((i_d, i_s, t_d, t_s))
             print(f"| {ds.name} | {seed} | {i_d:.3f} | {i_s:.3f} | {t_d:.1f} s | "
                   f"{t_s:.1f} s |", flush=True)
+        i_d, i_s, t_d, t_s = np.mean(rows, axis=0)
+        print(f"| {ds.name} | mean | {i_d:.3f} | {i_s:.3f} | {t_d:.1f} s | "
+              f"{t_s:.1f} s |", flush=True)
+
+
+def parse_setting(text):
+    """``KEY=VALUE`` -> (KEY, VALUE): the value read as a Python literal
+    (``0.5``, ``1``, ``None``, ``(1, 2)``) or else kept as a string
+    (``relu``)."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(
+            f"--set takes KEY=VALUE with KEY a Segmenter keyword, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def run_search(datasets, sparse_only):
@@ -352,9 +376,20 @@ def main(argv=None):
     parser.add_argument("--smoothness", type=float, default=None,
                         help="with --seeds: the Segmenter's smoothness regulariser "
                         "(default: the Segmenter's, 0)")
+    parser.add_argument("--set", type=parse_setting, action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="with --seeds: a Segmenter keyword changed from the "
+                        "defaults (repeatable), e.g. --set activation=relu")
     args = parser.parse_args(argv)
-    if args.smoothness is not None and not args.seeds:
-        parser.error("--smoothness goes with --seeds")
+    if (args.smoothness is not None or args.set) and not args.seeds:
+        parser.error("--smoothness and --set go with --seeds")
+    settings = dict(args.set)
+    if args.smoothness is not None:
+        settings["smoothness"] = args.smoothness
+    try:
+        arrseg.Segmenter(**settings)
+    except TypeError as e:
+        parser.error(f"--set: {e}")
     if args.threads is not None:
         from threadpoolctl import threadpool_limits
 
@@ -366,8 +401,7 @@ def main(argv=None):
     if args.search:
         run_search(datasets, args.sparse_only)
     elif args.seeds:
-        run_seeds(datasets, [int(v) for v in args.seeds.split(",")],
-                  {} if args.smoothness is None else {"smoothness": args.smoothness})
+        run_seeds(datasets, [int(v) for v in args.seeds.split(",")], settings)
     else:
         run_table(datasets, args.quick)
 

@@ -15,11 +15,16 @@ output rows of one image, an im2col copy of the padded input rows::
     Z   (k, R*W)           = [K | b] @ PT
 
 with R about :data:`BLOCK_PIXELS` / W rows. The product runs in slices of
-PT's columns small enough for OpenBLAS's small-matrix kernels
-(:func:`~arrseg.cpu.residual.layers.matmul_columns`, 1.7 times as fast as
-one call at k = 16); the weight gradient PT @ dZ^T runs in one call (the
-long dimension is the sum). Activations live in padded buffers (pad d_j (s_r // 2) of the layer
-that reads them, zeros or wrapped copies), so that PT is one strided copy.
+PT's columns small enough for OpenBLAS's small-matrix kernels, all in one
+batched ``matmul`` (:func:`~arrseg.cpu.residual.layers.matmul_columns`,
+1.7 times as fast as one call at k = 16). The residual layers' weight
+gradient PT @ dZ^T runs in one call (the long dimension is the sum); the
+symmetric layers' two weight-gradient terms run as batches of 256-pixel
+products, summed (:func:`~arrseg.cpu.residual.layers.matmul_slices`), and
+take their patches from the backward pass's own im2col copies (of dZ_j and
+of G_{j+1}), so Y_j's are not copied again. Activations live in padded
+buffers (pad d_j (s_r // 2) of the layer that reads them, zeros or wrapped
+copies), so that PT is one strided copy.
 
 Training (:func:`loss_and_grad`): the whole batch, one layer at a time.
 Each pass hands the blocks (image, R rows) of every image to the threads

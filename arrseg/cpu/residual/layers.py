@@ -17,7 +17,7 @@ from ..blocked import MAX_CHUNKS
 
 __all__ = ["BLOCK_PIXELS", "SMALL_GEMM", "SPARE_BYTES", "Conv", "Net", "Rows", "Tape",
            "Workspace", "activate", "chunk_blocks", "fill_batch", "matmul_columns",
-           "ordered_sum", "padded_batch"]
+           "matmul_slices", "ordered_sum", "padded_batch"]
 
 #: Output pixels of one im2col block (R = BLOCK_PIXELS // W rows, at least
 #: one). At k = 16, s_r = 3 in float32, PT is 145 x 8192 x 4 B = 4.8 MB; the
@@ -25,7 +25,9 @@ __all__ = ["BLOCK_PIXELS", "SMALL_GEMM", "SPARE_BYTES", "Conv", "Net", "Rows", "
 #: is about Python calls per pixel. Measured (N = 4, 256 x 256, k = 16, 2
 #: threads, training step, medians of 12): 4096 / 8192 pixels took 147 / 149
 #: ms at depth 2, 255 / 246 at depth 4, 391 / 368 at depth 6; 2048 was 15%
-#: slower than 4096, 16384 (16 blocks a pass) 30% slower.
+#: slower than 4096, 16384 (16 blocks a pass) 30% slower. With the batched
+#: products, symmetric layers at depth 4 (2 threads, medians of 8): 328 /
+#: 287 / 361 ms for 4096 / 8192 / 16384.
 BLOCK_PIXELS = 8192
 
 #: Largest m * n * k of one (m, k) @ (k, n) product in :func:`matmul_columns`:
@@ -33,11 +35,24 @@ BLOCK_PIXELS = 8192
 #: without packing. The convolutions' (k_out, c*s*s + 1) @ (c*s*s + 1, B)
 #: run 1.7 times as fast in slices of B under this size as in one call
 #: (measured, k = 16, s = 3, float32: 4.6 against 8.0 ms for one 256 x 256
-#: image, copies included; slices of 128 to 384 pixels alike).
+#: image, copies included; slices of 128 to 384 pixels alike). Slices over
+#: this size (448, 512 columns) left the training step 1.55 times as slow
+#: (symmetric layers, depth 4, 1 thread: 749 against 483 ms).
+#: The slices go to one batched ``matmul`` (one call, not one a slice): the
+#: training step at depth 4, 1 thread, 10% faster with symmetric layers
+#: (533 -> 481 ms), 5% with residual ones (339 -> 321).
 SMALL_GEMM = 100 ** 3
 
 #: Fewest columns of one slice in :func:`matmul_columns`.
 MIN_SLICE = 128
+
+#: Length of the slices of the summed dimension in :func:`matmul_slices`.
+#: The weight gradients' (c*s*s + 1, B) @ (B, k) run faster as a batch of
+#: products of this many pixels, summed, than in one call (measured, 1
+#: thread, k = 16, s = 3, B = 8192, float32: 0.35 ms in slices of 256, 0.50
+#: in slices of 512, 0.49 in one call; 0.54 with a transposed view of a
+#: (k, B) right operand).
+INNER_SLICE = 256
 
 
 # ----------------------------------------------------------- activations
@@ -215,17 +230,41 @@ def fill_batch(buffer, Q, boundary, H, W):
 def matmul_columns(A, B, out):
     """out = A @ B (A (m, k), B (k, n), out (m, n)), in slices of B's
     columns of at most :data:`SMALL_GEMM` / (m k) (at least
-    :data:`MIN_SLICE`); each column of out is one dot product per entry,
-    whatever the slicing."""
+    :data:`MIN_SLICE`, a multiple of 64), one batched ``matmul`` over the
+    whole slices; each column of out is one dot product per entry, whatever
+    the slicing."""
     m, k = A.shape
     n = B.shape[1]
-    step = max(MIN_SLICE, SMALL_GEMM // (m * k))
+    step = max(MIN_SLICE, SMALL_GEMM // (m * k) // 64 * 64)
     if step >= n:
         np.matmul(A, B, out=out)
         return out
-    for j in range(0, n, step):
-        np.matmul(A, B[:, j : j + step], out=out[:, j : j + step])
+    full = n - n % step
+    c = full // step
+    np.matmul(A, B[:, :full].reshape(k, c, step).transpose(1, 0, 2),
+              out=out[:, :full].reshape(m, c, step).transpose(1, 0, 2))
+    if full < n:
+        np.matmul(A, B[:, full:], out=out[:, full:])
     return out
+
+
+def matmul_slices(A, B):
+    """A @ B in float64 (A (m, n), B (n, k) C-contiguous): the products of
+    slices of :data:`INNER_SLICE` of the n columns of A and rows of B (one
+    batched ``matmul``), summed in A's dtype in slice order; the same bits
+    for any caller's threads."""
+    n = B.shape[0]
+    step = INNER_SLICE
+    full = n - n % step
+    total = np.zeros((A.shape[0], B.shape[1]), np.float64)
+    if full:
+        m = full // step
+        parts = np.matmul(A[:, :full].reshape(A.shape[0], m, step).transpose(1, 0, 2),
+                          B[:full].reshape(m, step, B.shape[1]))
+        total += parts.sum(axis=0)
+    if full < n:
+        total += A[:, full:] @ B[full:]
+    return total
 
 
 class Conv:

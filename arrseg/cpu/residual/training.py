@@ -8,7 +8,7 @@ import numpy as np
 
 from ..threads import parallel_map
 from .layers import (Net, Rows, Tape, Workspace, activate, chunk_blocks, fill_batch,
-                     matmul_columns, ordered_sum)
+                     matmul_columns, matmul_slices, ordered_sum)
 
 __all__ = ["loss_and_grad"]
 
@@ -124,6 +124,7 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
         return [np.array([loss, denominator]), dW, dc]
 
     parts = None
+    Kf_scaled = [-net.h * layer.Kf for layer in net.layers] if net.symmetric else None
     for t, layer in enumerate(net.layers):
         last = t == L - 1
         Y_in = Ys[t]
@@ -134,9 +135,9 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
             src = rows_of(Y_in, n, layer.P)
             A = ws.get("A", (k, rows * W), dtype)
             A3 = A.reshape(k, rows, W)
-            if net.symmetric:   # A_t was made by the first pass
-                layer.apply(rows_of(As[t], n, layer.P), r0, rows, ws, A, adjoint=True)
-                A *= -net.h
+            if net.symmetric:   # A_t was made by the first pass; -h K_t^T A_t
+                PT = layer.patches(rows_of(As[t], n, layer.P), r0, rows, ws, adjoint=True)
+                matmul_columns(Kf_scaled[t], PT[:-1], A)
             else:
                 layer.apply(src, r0, rows, ws, A)
                 activate(act, A3, None if Ds[t] is None else Ds[t][n, :, r0 : r0 + rows])
@@ -175,44 +176,34 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
     Qz = max(layer.P for layer in net.layers)
     dZ_buffers = [tape.padded((N, k, H, W), Qz, dtype) for _ in range(2)]
     tape.done_taking()
-    dKbs = [None] * L
-    pending = None  # the layer whose K^T dZ is not yet in G
 
     def add_adjoint(n, r0, rows, t):
-        """G[rows] += K_t^T dZ_t (rows of image n)."""
+        """G[rows] += K_t^T dZ_t (rows of image n); returns the patches of dZ_t."""
         T = ws.get("T", (k, rows * W), dtype)
-        net.layers[t].apply(rows_of(dZ_buffers[t % 2], n, Qz), r0, rows, ws, T,
-                            adjoint=True)
+        PT = net.layers[t].apply(rows_of(dZ_buffers[t % 2], n, Qz), r0, rows, ws, T,
+                                 adjoint=True)
         g = rows_of(G, n, Qg).interior(r0, r0 + rows)
         g += T.reshape(k, rows, W)
+        return PT
 
-    for t in reversed(range(L)):
-        layer = net.layers[t]
-        if net.symmetric and pending is not None:
-            run(lambda n, r0, rows, p=pending: add_adjoint(n, r0, rows, p))
-            fill_batch(G, Qg, boundary, H, W)
-            pending = None
+    if net.symmetric:
+        backward = _SymmetricBackward(net, run, ws, rows_of, Ys, As, Ds, G, Qg,
+                                      dZ_buffers, Qz, add_adjoint)
+        backward.layers()  # dK_t's parts; dKbs come with the opening's pass
+    else:
+        dKbs = [None] * L
+        pending = None  # the layer whose K^T dZ is not yet in G
+        for t in reversed(range(L)):
+            layer = net.layers[t]
 
-        def backward_block(n, r0, rows, t=t, layer=layer, pending=pending):
-            if pending is not None:
-                add_adjoint(n, r0, rows, pending)
-            B = rows * W
-            dZ = ws.get("dZ", (k, B), dtype)
-            dZ3 = dZ.reshape(k, rows, W)
-            g = rows_of(G, n, Qg).interior(r0, r0 + rows)
-            if net.symmetric:
-                # dZ = -h (K_t G) * sigma'; dK -= h A_t J(G)^T
-                PTg = layer.patches(rows_of(G, n, Qg), r0, rows, ws, name="PTg")
-                matmul_columns(layer.Kb[:, : layer.CS], PTg[:-1], dZ)
-                dZ *= -net.h
-                a = ws.get("Ab", (k, B), dtype)
-                a.reshape(k, rows, W)[...] = rows_of(As[t], n, layer.P).interior(
-                    r0, r0 + rows)
-                second = (PTg[:-1] @ a.T).astype(np.float64)  # (CS, k)
-                if Ds[t] is not None:
-                    dZ3 *= Ds[t][n, :, r0 : r0 + rows]
-            else:  # dZ = h G * sigma', in one pass when h = 1
-                second = None
+            def backward_block(n, r0, rows, t=t, layer=layer, pending=pending):
+                if pending is not None:
+                    add_adjoint(n, r0, rows, pending)
+                B = rows * W
+                dZ = ws.get("dZ", (k, B), dtype)
+                dZ3 = dZ.reshape(k, rows, W)
+                g = rows_of(G, n, Qg).interior(r0, r0 + rows)
+                # dZ = h G * sigma', in one pass when h = 1
                 if Ds[t] is None:
                     np.multiply(g, net.h, out=dZ3)
                 elif net.h == 1.0:
@@ -220,32 +211,34 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
                 else:
                     np.multiply(g, net.h, out=dZ3)
                     dZ3 *= Ds[t][n, :, r0 : r0 + rows]
-            rows_of(dZ_buffers[t % 2], n, Qz).interior(r0, r0 + rows)[...] = dZ3
-            PT = layer.patches(rows_of(Ys[t], n, layer.P), r0, rows, ws)
-            # [dK | db]^T (CS + 1, k): PT dZ^T is twice as fast in OpenBLAS
-            # as dZ PT^T (measured, float32, B = 2048 to 8192)
-            dKbT = (PT @ dZ.T).astype(np.float64)
-            if second is not None:
-                dKbT[: layer.CS] -= net.h * second
-            return [dKbT]
+                rows_of(dZ_buffers[t % 2], n, Qz).interior(r0, r0 + rows)[...] = dZ3
+                PT = layer.patches(rows_of(Ys[t], n, layer.P), r0, rows, ws)
+                # [dK | db]^T (CS + 1, k): PT dZ^T is twice as fast in OpenBLAS
+                # as dZ PT^T (measured, float32, B = 2048 to 8192)
+                return [(PT @ dZ.T).astype(np.float64)]
 
-        dKbs[t] = ordered_sum([p[0] for p in run(backward_block)]).T
-        fill_batch(dZ_buffers[t % 2], Qz, boundary, H, W)
-        pending = t
+            dKbs[t] = ordered_sum([p[0] for p in run(backward_block)]).T
+            fill_batch(dZ_buffers[t % 2], Qz, boundary, H, W)
+            pending = t
 
     def opening_backward(n, r0, rows):
         # dZ = (G + K_0^T dZ_0) * sigma'; G_0 itself is not needed again
         T = ws.get("T", (k, rows * W), dtype)
-        net.layers[0].apply(rows_of(dZ_buffers[0], n, Qz), r0, rows, ws, T, adjoint=True)
+        PTd = net.layers[0].apply(rows_of(dZ_buffers[0], n, Qz), r0, rows, ws, T,
+                                  adjoint=True)
+        terms = backward.dZ_terms(PTd, n, r0, rows, 0) if net.symmetric else []
         dZ = ws.get("dZ", (k, rows * W), dtype)
         dZ3 = dZ.reshape(k, rows, W)
         np.add(rows_of(G, n, Qg).interior(r0, r0 + rows), T.reshape(k, rows, W), out=dZ3)
         if D_open is not None:
             dZ3 *= D_open[n, :, r0 : r0 + rows]
         PT = op.patches(rows_of(Xpad, n, op.P), r0, rows, ws)
-        return [(PT @ dZ.T).astype(np.float64)]
+        return [(PT @ dZ.T).astype(np.float64)] + terms
 
-    dKb_open = ordered_sum([p[0] for p in run(opening_backward)]).T
+    parts = run(opening_backward)
+    dKb_open = ordered_sum([p[0] for p in parts]).T
+    if net.symmetric:
+        dKbs = backward.finish(parts)
 
     tape.release()
 
@@ -263,4 +256,101 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
              db_layers.astype(dtype)))
 
 
-# ----------------------------------------------------------- prediction
+class _SymmetricBackward:
+    """The backward passes of the symmetric layers, Y_{t+1} = Y_t - h K_t^T A_t
+    with A_t = sigma(Z_t), Z_t = K_t Y_t + b_t, from G = dE/dY_L.
+
+    Layer t, last to first: a pass G_{t+1} += K_{t+1}^T dZ_{t+1} (t < L - 1:
+    the adjoint patches of dZ_{t+1}, which also give its weight gradient),
+    then a pass dZ_t = -h (K_t G_{t+1}) * sigma' (the patches J(G_{t+1}), which
+    also give the term -h J(G) A_t^T); the opening layer's pass takes dZ_0's.
+    dK_t = dZ_t (*) Y_t - h A_t (*) G_{t+1}, each a GEMM over the pixels of a
+    block with patches that the pass builds anyway, so Y_t's are not built
+    again: the first from the adjoint patches of dZ_t, (k s s, B) @ (B, k),
+    entry ((o, a, b), c) = dK_t[o, c, s-1-a, s-1-b] (K_t^T's kernel is
+    flipped); the second (k s s, B) @ (B, k) from J(G_{t+1}); db_t the sum of
+    dZ_t, the centre rows of its patches. Right operands are transposed
+    copies (B, k) of the blocks of Y_t and A_t (:func:`matmul_slices`).
+    """
+
+    def __init__(self, net, run, ws, rows_of, Ys, As, Ds, G, Qg, dZ_buffers, Qz,
+                 add_adjoint):
+        self.net, self.run, self.ws, self.rows_of = net, run, ws, rows_of
+        self.Ys, self.As, self.Ds, self.G, self.Qg = Ys, As, Ds, G, Qg
+        self.dZ_buffers, self.Qz, self.add_adjoint = dZ_buffers, Qz, add_adjoint
+        self.s = net.layers[0].s
+        self.K_scaled = [-net.h * layer.Kb[:, : layer.CS] for layer in net.layers]
+        L = net.depth
+        self.first, self.db, self.second = [None] * L, [None] * L, [None] * L
+
+    def transposed(self, buffer, n, Q, r0, rows, name):
+        """Rows [r0, r0 + rows) of image n of a padded batch buffer, as a
+        C-contiguous (rows W, k)."""
+        net = self.net
+        out = self.ws.get(name, (rows * net.W, net.k), net.dtype)
+        np.copyto(out.reshape(rows, net.W, net.k),
+                  self.rows_of(buffer, n, Q).interior(r0, r0 + rows).transpose(1, 2, 0))
+        return out
+
+    def dZ_terms(self, PTd, n, r0, rows, t):
+        """[dZ_t (*) Y_t (k s s, k), db_t (k,)] of one block, float64, from
+        PTd (k s s + 1, B), the adjoint patches of dZ_t."""
+        k, ss = self.net.k, self.s * self.s
+        YT = self.transposed(self.Ys[t], n, self.net.layers[t].P, r0, rows, "YT")
+        first = matmul_slices(PTd[:-1], YT)
+        db = PTd[:-1].reshape(k, ss, -1)[:, ss // 2].sum(axis=1).astype(np.float64)
+        return [first, db]
+
+    def layer_block(self, n, r0, rows, t):
+        """dZ_t of one block into its buffer; returns [J(G_{t+1}) A_t^T] (k s s, k)."""
+        net, k, W = self.net, self.net.k, self.net.W
+        layer = net.layers[t]
+        PTg = layer.patches(self.rows_of(self.G, n, self.Qg), r0, rows, self.ws, name="PTg")
+        dZ = self.ws.get("dZ", (k, rows * W), net.dtype)
+        matmul_columns(self.K_scaled[t], PTg[:-1], dZ)
+        dZ3 = dZ.reshape(k, rows, W)
+        out = self.rows_of(self.dZ_buffers[t % 2], n, self.Qz).interior(r0, r0 + rows)
+        if self.Ds[t] is None:
+            out[...] = dZ3
+        else:
+            np.multiply(dZ3, self.Ds[t][n, :, r0 : r0 + rows], out=out)
+        AT = self.transposed(self.As[t], n, layer.P, r0, rows, "AT")
+        return [matmul_slices(PTg[:-1], AT)]
+
+    def layers(self):
+        """The passes of layers L-1 .. 0 (dZ_0's terms come with the opening's)."""
+        net = self.net
+        fill = lambda buffer, Q: fill_batch(buffer, Q, net.boundary, net.H, net.W)
+        for t in reversed(range(net.depth)):
+            if t < net.depth - 1:
+                u = t + 1
+
+                def adjoint_block(n, r0, rows, u=u):
+                    return self.dZ_terms(self.add_adjoint(n, r0, rows, u), n, r0, rows, u)
+
+                self.collect(self.run(adjoint_block), u, 0)
+                fill(self.G, self.Qg)
+            parts = self.run(lambda n, r0, rows, t=t: self.layer_block(n, r0, rows, t))
+            self.second[t] = ordered_sum([p[0] for p in parts])
+            fill(self.dZ_buffers[t % 2], self.Qz)
+
+    def collect(self, parts, t, offset):
+        """dZ_t's terms from the chunks' parts (at ``offset`` in each)."""
+        self.first[t] = ordered_sum([p[offset] for p in parts])
+        self.db[t] = ordered_sum([p[offset + 1] for p in parts])
+
+    def finish(self, opening_parts):
+        """[dK_t | db_t] (k, k s s + 1) float64 per layer, with the opening's
+        pass's parts (dZ_0's terms after its own)."""
+        self.collect(opening_parts, 0, 1)
+        k, s, h = self.net.k, self.s, self.net.h
+        CS = k * s * s
+        dKbs = []
+        for t in range(self.net.depth):
+            dKb = np.empty((k, CS + 1))
+            first = self.first[t].reshape(k, s, s, k)[:, ::-1, ::-1].transpose(0, 3, 1, 2)
+            second = self.second[t].reshape(k, s, s, k).transpose(3, 0, 1, 2)
+            dKb[:, :CS] = (first - h * second).reshape(k, CS)
+            dKb[:, CS] = self.db[t]
+            dKbs.append(dKb)
+        return dKbs
