@@ -10,8 +10,10 @@ the blocked NumPy path, :mod:`arrseg.cpu.residual`);
 forward, ``cross_entropy`` and ``.backward()``; forward and softmax under
 ``torch.inference_mode``), with the same method names, so that
 ``ResidualNetwork.time_loss_and_grad / TorchResidual.time_loss_and_grad``
-comes from one asv run. ``tools/deep_vs_torch.py`` times the same classes
-side by side in one process.
+comes from one asv run. ``SymmetricNetwork`` and ``TorchSymmetric`` are
+the same pair with the course's symmetric layer (``layer="symmetric"``,
+h = 1). ``tools/deep_vs_torch.py`` (``--layer symmetric``) times the same
+classes side by side in one process.
 
 ``ResidualNetworkGPU`` and ``TorchResidualGPU`` are the same pair on a CUDA
 GPU: arrseg on CuPy arrays (method "auto": at depth 0 the fused kernels, with
@@ -248,3 +250,19 @@ class TorchResidualGPU(_ResidualBenchmark):
 
     def network(self, problem):
         return TorchResidualNetwork(problem, device="cuda")
+
+
+class SymmetricNetwork(_ResidualBenchmark):
+    """arrseg on NumPy (the blocked path) with the course's symmetric layer
+    ``Y_{j+1} = Y_j - h K_j^T sigma(K_j Y_j + b_j)``, h = 1, over the depth."""
+
+    def network(self, problem):
+        return ArrsegResidualNetwork(problem, layer="symmetric")
+
+
+class TorchSymmetric(_ResidualBenchmark):
+    """PyTorch CPU, eager, the same symmetric network (K_j^T as
+    ``conv_transpose2d``); skipped without PyTorch."""
+
+    def network(self, problem):
+        return TorchResidualNetwork(problem, layer="symmetric")
