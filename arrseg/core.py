@@ -251,7 +251,7 @@ def forward(x, params, options, xp, *, out_dtype=None):
 
 
 def loss_and_grad(x, labels, params, options, class_weight, ignore_index, xp, *,
-                  flat=False):
+                  flat=False, extra_dS=None):
     """Weighted mean cross-entropy and its gradient, on checked arguments.
 
     Parameters
@@ -268,6 +268,12 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index, xp, *,
         Return the gradient as one flat vector [dK, db, dW, dc]
         (:mod:`arrseg.optim.flat`): the fused kernels' own buffer, or the
         fields concatenated.
+    extra_dS : array (N, n_c, H, W), optional
+        A gradient in the logits S added to the loss's before the backward
+        pass (a regulariser of the logits, :mod:`arrseg.optim.edge_smoothness`);
+        the loss returned is the cross-entropy's alone. The fused kernels and
+        the blocked one-layer path have no such input: at depth 0 it runs the
+        array-API path.
 
     Returns
     -------
@@ -277,9 +283,11 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index, xp, *,
     """
     path = _path(options, x, params.K, params.W.shape[1], xp, "train",
                  params.K_layers)
+    if extra_dS is not None and path in ("fused", "blocked") and params.K_layers is None:
+        path = "direct"
     if params.K_layers is not None:
         loss, grads = _deep_loss_and_grad(x, labels, params, options, class_weight,
-                                          ignore_index, xp, path)
+                                          ignore_index, xp, path, extra_dS)
         if flat:
             return loss, xp.concat([xp.reshape(g, (-1,)) for g in grads
                                     if g is not None])
@@ -299,7 +307,7 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index, xp, *,
     else:
         loss, grads = forward_backward.loss_and_grad(
             x, labels, params, options.activation, options.boundary, class_weight,
-            ignore_index, xp, conv=_convolution(path))
+            ignore_index, xp, conv=_convolution(path), extra_dS=extra_dS)
     if flat:
         return loss, xp.concat([xp.reshape(g, (-1,)) for g in grads if g is not None])
     return loss, grads
@@ -319,16 +327,17 @@ def _deep_forward(x, params, options, xp, path, out_dtype):
 
 
 def _deep_loss_and_grad(x, labels, params, options, class_weight, ignore_index, xp,
-                        path):
+                        path, extra_dS=None):
     """Loss and the 6 gradients of a network with residual layers."""
     if path == "blocked":
         from .cpu import residual
 
-        return residual.loss_and_grad(x, labels, params, options,
-                                              class_weight, ignore_index)
+        return residual.loss_and_grad(x, labels, params, options, class_weight,
+                                      ignore_index, extra_dS=extra_dS)
     return forward_backward.loss_and_grad(
         x, labels, params, options.activation, options.boundary, class_weight,
-        ignore_index, xp, conv=_convolution(path), trunk=options.trunk)
+        ignore_index, xp, conv=_convolution(path), trunk=options.trunk,
+        extra_dS=extra_dS)
 
 
 def features(x, K, b, options, xp, layers=None):

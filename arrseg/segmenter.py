@@ -54,6 +54,7 @@ from .estimator.settings import (
     DEFAULT_CROP_SIZE,
     DEFAULT_DEPTH,
     DEFAULT_DILATION,
+    DEFAULT_EDGE_SMOOTHNESS,
     DEFAULT_LAYER,
     DEFAULT_LAYER_KERNEL_SIZE,
     DEFAULT_LEARNING_RATES,
@@ -154,6 +155,19 @@ class Segmenter:
         Smoothness regularisation of every kernel, the residual layers'
         included, ``smoothness/2 sum ||grad theta_ij||^2``
         (:func:`arrseg.optim.smoothness`).
+    edge_smoothness : "auto" or float, default "auto"
+        Edge-aware smoothness of the logits on every training pixel,
+        labelled or not: ``edge_smoothness/(2 n) sum_{i~j} w_ij ||S_i -
+        S_j||^2`` over neighbouring pixels, with weights
+        ``w_ij = exp(-20 ||x_i - x_j||^2 / m)`` (m the mean of
+        ``||x_i - x_j||^2``) that vanish across the image's edges and
+        textures, on the pairs with at least one unlabelled pixel
+        (:mod:`arrseg.optim.edge_smoothness`). With few
+        labelled pixels (scribbles) it puts the class boundaries on the
+        image's edges between the strokes. It shapes training only; 0
+        leaves it out. "auto" is 1 on images in memory (the benchmark's
+        best, docs/training.rst) and 0 on Dask images, where it is not
+        available (a positive value is refused there).
     class_weight : None, "balanced" or array of shape (n_classes,)
         Weights of the classes in the loss; "balanced" weighs class j by
         ``n_labelled / (n_classes * n_j)``.
@@ -243,6 +257,7 @@ class Segmenter:
                  learning_rate=None, momentum=0.9, nesterov=False,
                  max_iter=DEFAULT_MAX_ITER,
                  batch_size=4, crop_size=None, weight_decay=1e-4, smoothness=0.0,
+                 edge_smoothness=DEFAULT_EDGE_SMOOTHNESS,
                  class_weight=None, n_classes=None,
                  ignore_index=DEFAULT_IGNORE_INDEX, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
@@ -266,6 +281,7 @@ class Segmenter:
         self.crop_size = crop_size
         self.weight_decay = weight_decay
         self.smoothness = smoothness
+        self.edge_smoothness = edge_smoothness
         self.class_weight = class_weight
         self.n_classes = n_classes
         self.ignore_index = ignore_index

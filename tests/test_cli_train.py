@@ -94,7 +94,8 @@ def test_hyper_parameters_reach_the_model(files, tmp_path):
                  "--boundary", "periodic", "--optimizer", "sgd", "--iterations", "2",
                  "--learning-rate", "0.01", "--momentum", "0.5", "--nesterov",
                  "--batch-size", "2", "--crop-size", "39", "--weight-decay", "0.001",
-                 "--smoothness", "0.01", "--class-weight", "balanced",
+                 "--smoothness", "0.01", "--edge-smoothness", "0.2",
+                 "--class-weight", "balanced",
                  "--classes", "5", "--tol", "0.001", "--seed", "7"])
     assert code == 0
     p = arrseg.Segmenter.load(model_path).get_params()
@@ -103,7 +104,7 @@ def test_hyper_parameters_reach_the_model(files, tmp_path):
                     boundary="periodic", optimizer="sgd", max_iter=2,
                     learning_rate=0.01, momentum=0.5, nesterov=True, batch_size=2,
                     crop_size=39, weight_decay=0.001, smoothness=0.01,
-                    class_weight="balanced", n_classes=5, tol=0.001, seed=7)
+                    edge_smoothness=0.2, class_weight="balanced", n_classes=5, tol=0.001, seed=7)
     for name, value in expected.items():
         got = p[name]
         got = list(got) if isinstance(got, (tuple, np.ndarray)) else got

@@ -24,7 +24,10 @@ Data sets (nothing is downloaded; scikit-image's bundled images only):
   region-based segmentation";
 - ``horse``: grass (``skimage.data.grass()``) inside the hand-drawn horse
   silhouette of ``skimage.data.horse()``, gravel outside: two real textures
-  of the same brightness with an exact mask; left half / right half.
+  of the same brightness with an exact mask; left half / right half;
+- ``tiles``: :func:`arrseg.data.make_textures` as small tiles, two of
+  128 x 128 to train on, four to test (exact labels): texture boundaries
+  that no intensity edge marks, close together.
 
 Usage::
 
@@ -35,6 +38,8 @@ Usage::
                                                   # the spread over initialisations
     python tools/accuracy_benchmark.py --seeds 0,1,2,3 --set activation=relu --set step=0.5
                                                   # the same with other Segmenter settings
+    python tools/accuracy_benchmark.py --seeds 0,1,2,3 --edge-beta 0.5 --set edge_smoothness=0.3
+                                                  # another beta of the edge weights
 
 Timings are wall-clock seconds of one fit on this machine's cores (the
 forest uses all of them, n_jobs=-1; arrseg its NumPy threads); set
@@ -151,7 +156,15 @@ def load_horse(quick=False):
                    "exact (horse silhouette; grass inside, gravel outside)", seed=2)
 
 
-DATASETS = {"textures": load_textures, "coins": load_coins, "horse": load_horse}
+def load_tiles(quick=False):
+    """Six 128 x 128 texture tiles (seed 1): train on two, test on four."""
+    size = 64 if quick else 128
+    x, y = make_textures(n_images=6, size=size, seed=1)
+    return _finish("tiles", x[:2], y[:2], x[2:], y[2:], 4, "exact (synthetic)", seed=3)
+
+
+DATASETS = {"textures": load_textures, "coins": load_coins, "horse": load_horse,
+            "tiles": load_tiles}
 
 
 def load(name, quick=False):
@@ -229,21 +242,24 @@ def measure(ds, method, sparse):
 # --- configurations ------------------------------------------------------------
 
 #: Other Segmenter configurations of the table, by row name: the previous
-#: defaults (the one-layer network with Adam), the seed's single layer, and
-#: deep variants around the defaults.
+#: defaults (the one-layer network with Adam; the deep network without the
+#: edge-aware smoothness), the seed's single layer, and a wider, deeper
+#: variant of the defaults.
 OTHER_CONFIGS = {
     "depth 0, k=16, Adam 200 (defaults before 0.7)":
-        dict(depth=0, width=16, optimizer="adam", max_iter=200),
+        dict(depth=0, width=16, optimizer="adam", max_iter=200, edge_smoothness=0.0),
     "depth 0, k=32, s=7, Adam 200 (the seed's single layer)":
-        dict(depth=0, width=32, kernel_size=7, optimizer="adam", max_iter=200),
-    "depth 3, 'doubling', k=8, varpro 30": dict(max_iter=30),
-    "depth 4, 'doubling', k=16, varpro 30": dict(depth=4, width=16),
+        dict(depth=0, width=32, kernel_size=7, optimizer="adam", max_iter=200,
+             edge_smoothness=0.0),
+    "edge_smoothness=0 (defaults of 0.7 and 0.8)": dict(edge_smoothness=0.0),
+    "depth 4, 'doubling', k=16": dict(depth=4, width=16),
 }
 
 
 def table_rows(quick):
     rows = {"skimage TrainableSegmenter (RF 100 trees)": "forest",
-            "arrseg Segmenter() defaults (depth 3, 'doubling', k=8, varpro 60)": {}}
+            "arrseg Segmenter() defaults (depth 3, 'doubling', k=8, varpro 60, "
+            "edge_smoothness 'auto')": {}}
     rows.update({f"arrseg {k}": v for k, v in OTHER_CONFIGS.items()})
     if quick:   # the forest, the defaults and the previous defaults, shorter
         rows = dict(list(rows.items())[:3])
@@ -257,14 +273,15 @@ def search_grid():
     """Segmenter settings to try (dicts of keywords, every setting that
     matters named, so that the grid does not move with the defaults): the
     one-layer network with Adam first, then residual networks."""
-    one_layer = dict(depth=0, optimizer="adam", max_iter=200)
+    one_layer = dict(depth=0, optimizer="adam", max_iter=200, edge_smoothness=0.0)
     grid = [dict(one_layer, width=k, kernel_size=s) for k in (16, 32) for s in (3, 5, 7)]
     grid += [dict(one_layer, width=16, max_iter=400),
              dict(one_layer, width=16, learning_rate=0.01),
              dict(one_layer, width=16, learning_rate=0.1),
              dict(depth=0, width=16, optimizer="varpro", max_iter=30),
              dict(one_layer, width=16, crop_size=128, batch_size=8)]
-    deep = dict(depth=3, dilation="doubling", width=8, optimizer="varpro", max_iter=60)
+    deep = dict(depth=3, dilation="doubling", width=8, optimizer="varpro", max_iter=60,
+                edge_smoothness=0.0)
     grid += [dict(deep, depth=d, dilation=dil, width=k)
              for d in (2, 3, 4) for dil in (1, "doubling") for k in (8, 16)]
     grid += [dict(deep, layer="symmetric"), dict(deep, step=0.5),
@@ -272,6 +289,9 @@ def search_grid():
              dict(deep, max_iter=100), dict(deep, weight_decay=1e-3),
              dict(deep, optimizer="adam", max_iter=200),
              dict(deep, optimizer="adam", max_iter=200, learning_rate=0.01)]
+    grid += [dict(deep, edge_smoothness=a) for a in (0.1, 0.3, 1.0, 3.0)]
+    grid += [dict(deep, edge_smoothness=0.3, max_iter=30),
+             dict(deep, edge_smoothness=0.3, depth=4, width=16)]
     return grid
 
 
@@ -380,9 +400,18 @@ def main(argv=None):
                         metavar="KEY=VALUE",
                         help="with --seeds: a Segmenter keyword changed from the "
                         "defaults (repeatable), e.g. --set activation=relu")
+    parser.add_argument("--edge-beta", type=float, default=None, metavar="BETA",
+                        help="with --seeds: beta of edge_smoothness's weights "
+                        "(arrseg.optim.edge_smoothness.BETA, default 20)")
     args = parser.parse_args(argv)
-    if (args.smoothness is not None or args.set) and not args.seeds:
-        parser.error("--smoothness and --set go with --seeds")
+    if (args.smoothness is not None or args.set or args.edge_beta is not None) \
+            and not args.seeds:
+        parser.error("--smoothness, --set and --edge-beta go with --seeds")
+    if args.edge_beta is not None:
+        from arrseg.optim import edge_smoothness
+
+        edge_smoothness.BETA = args.edge_beta
+        print(f"edge_smoothness's beta: {args.edge_beta}")
     settings = dict(args.set)
     if args.smoothness is not None:
         settings["smoothness"] = args.smoothness

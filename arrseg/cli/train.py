@@ -58,6 +58,9 @@ HYPER_PARAMETERS = [
      "side of the random crops (default: whole images up to 512)"),
     ("--weight-decay", "weight_decay", opt.number, "Tikhonov weight (default 1e-4)"),
     ("--smoothness", "smoothness", opt.number, "kernel smoothness weight (default 0)"),
+    ("--edge-smoothness", "edge_smoothness", opt.number,
+     "edge-aware smoothness of the logits between neighbouring pixels (default: "
+     "the Segmenter's)"),
     ("--class-weight", "class_weight", opt.class_weight,
      "'balanced' or one weight per class, like 1,3,1 (default: none)"),
     ("--classes", "n_classes", opt.positive,

@@ -29,6 +29,7 @@ Segmenter's seed, block by block.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -220,6 +221,11 @@ class ChunkedVarPro(VarPro):
     """
 
     def set_data(self, x, labels, params):
+        if self.edge_smoothness > 0:
+            raise ValueError(
+                f"ChunkedVarPro: edge_smoothness={self.edge_smoothness!r} is not "
+                "available on a chunked problem (its pairs of neighbouring pixels "
+                "cross the blocks): use edge_smoothness=0")
         problem = x
         self._problem = problem
         self._options = fit_options(
@@ -283,6 +289,13 @@ def fit(est, images, labels, *, validation=None, progress=None):
 
     start_time = time.perf_counter()
     s = check_settings(est)
+    if est.edge_smoothness == "auto":    # not available here: "auto" means 0
+        s = dataclasses.replace(s, edge_smoothness=0.0)
+    elif s.edge_smoothness > 0:
+        raise ValueError(
+            f"{_WHERE}edge_smoothness={s.edge_smoothness!r} is not available for dask "
+            "images (its pairs of neighbouring pixels cross the chunks): set "
+            "edge_smoothness=0 or 'auto', or fit on images in memory")
     if validation is None and s.early_stopping:
         raise ValueError(
             f"{_WHERE}early_stopping with dask arrays needs validation=(images, "

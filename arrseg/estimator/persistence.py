@@ -42,7 +42,10 @@ the one-layer network it holds, with the absent ``depth``, ``dilation``,
 ``step``, ``layer`` and ``layer_kernel_size`` read as
 :data:`VERSION_1_HYPER_PARAMETERS` (depth 0), whatever the current
 defaults are. From version 2 every hyper-parameter is written, and an
-absent one takes the current default.
+absent one takes the current default, except those added since, which
+files written before them lack: an absent ``edge_smoothness`` (0.9.0) reads
+as :data:`ADDED_HYPER_PARAMETERS` gives it, 0, the value its writer trained
+with.
 """
 
 from __future__ import annotations
@@ -57,8 +60,8 @@ from .._backend import resolve_namespace, to_numpy
 from ..model_file import _show
 from .settings import check_settings
 
-__all__ = ["ESTIMATOR_TAG", "FIELDS", "VERSION_1_HYPER_PARAMETERS", "load_segmenter",
-           "save_segmenter"]
+__all__ = ["ADDED_HYPER_PARAMETERS", "ESTIMATOR_TAG", "FIELDS",
+           "VERSION_1_HYPER_PARAMETERS", "load_segmenter", "save_segmenter"]
 
 #: The metadata's "estimator" entry of a Segmenter's file.
 ESTIMATOR_TAG = "arrseg.Segmenter"
@@ -71,6 +74,9 @@ _CURVES = ("loss_curve", "validation_scores", "validation_loss_curve")
 #: the one-layer network).
 VERSION_1_HYPER_PARAMETERS = {"depth": 0, "dilation": 1, "step": 1.0,
                               "layer": "residual", "layer_kernel_size": 3}
+#: Hyper-parameters added after format version 2, as files written before
+#: them were trained (absent from such files).
+ADDED_HYPER_PARAMETERS = {"edge_smoothness": 0.0}
 
 
 def save_segmenter(est, path):
@@ -168,6 +174,7 @@ def _hyper_parameters(cls, meta, params, n_classes):
                        "hyper-parameters")
     valid = cls._get_param_names()
     given = {k: v for k, v in hyper.items() if k in valid}
+    given = {**ADDED_HYPER_PARAMETERS, **given}
     if meta["format_version"] < 2:   # before the residual layers: depth 0
         given = {**VERSION_1_HYPER_PARAMETERS, **given}
     est = cls(**given)

@@ -40,6 +40,8 @@ from ..metrics import confusion_counts
 from ..optim.adam import Adam
 from ..optim.base import NonFiniteLossError
 from ..optim.flat import decay_vector, flatten, layout_of, unflatten
+from ..numerics.classifier import logits
+from ..optim.edge_smoothness import EdgeSmoothness, contrast_scale
 from ..optim.regularization import smoothness as smoothness_term
 from ..optim.sgd import SGD
 from ..optim.varpro import VarPro
@@ -304,13 +306,29 @@ class CropBatches:
         self.sampler = CropSampler(xs, ys, host_labels, settings, rng, xp, dev)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.class_weight, self.settings, self.xp = class_weight, settings, xp
+        # the edge-aware smoothness's contrast scale: the whole images'; with
+        # every pixel labelled no pair counts, and the term is left out
+        unlabelled = any(bool(np.any(m == settings.ignore_index)) for m in host_labels)
+        self.contrast = (contrast_scale(xs) if settings.edge_smoothness > 0 and unlabelled
+                         else None)
 
     def loss_and_grad(self, params):
-        """(loss, flat gradient) of the next batch, on the device."""
+        """(loss, flat gradient) of the next batch, on the device; with
+        ``edge_smoothness``, the logits' term of the batch's pixels added."""
         xb, yb = self.sampler.batch()
-        s = self.settings
-        return core.loss_and_grad(xb, yb, params, s.options, self.class_weight,
-                                  s.ignore_index, self.xp, flat=True)
+        s, xp = self.settings, self.xp
+        extra = value = None
+        if self.contrast is not None:
+            layers = None if params.K_layers is None else (params.K_layers, params.b_layers)
+            Y = core.features(xb, params.K, params.b, s.options, xp, layers=layers)
+            S = logits(Y, params.W, params.c, xp)             # (N, n_c, H*W)
+            N, _, H, W = xb.shape
+            edges = EdgeSmoothness(xb, s.edge_smoothness, self.contrast,
+                                   labelled=yb != s.ignore_index)
+            value, extra = edges.value_and_grad(xp.reshape(S, (N, S.shape[1], H, W)))
+        loss, g = core.loss_and_grad(xb, yb, params, s.options, self.class_weight,
+                                     s.ignore_index, xp, flat=True, extra_dS=extra)
+        return (loss, g) if value is None else (loss + value, g)
 
 
 def fit_first_order(est, batches, params, settings, val, monitor, progress, xp, dev):
@@ -396,7 +414,8 @@ def fit_varpro(est, xs, ys, params, class_weight, settings, val, monitor, progre
     vp = varpro(activation=s.activation, boundary=s.boundary, method=s.method,
                 dilation=s.dilation, layer_step=s.step, layer=s.layer,
                 class_weight=class_weight, ignore_index=s.ignore_index,
-                weight_decay=s.weight_decay, smoothness=s.smoothness)
+                weight_decay=s.weight_decay, smoothness=s.smoothness,
+                edge_smoothness=s.edge_smoothness)
     params, _ = vp.start(xs, ys, params)
     est.params_ = params
     for it in range(1, s.max_iter + 1):

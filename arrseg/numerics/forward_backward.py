@@ -67,12 +67,14 @@ def forward(Y0, params, activation_name, boundary, xp, *, conv=direct_convolutio
 
 
 def loss_and_grad(Y0, labels, params, activation_name, boundary, class_weight,
-                  ignore_index, xp, *, conv=direct_convolution, trunk=Trunk()):
+                  ignore_index, xp, *, conv=direct_convolution, trunk=Trunk(),
+                  extra_dS=None):
     """Loss (0-d) and its gradient in (K, b, W, c) as a tuple of 4 arrays,
     or of 6 with the residual layers' (dK_layers, db_layers) at depth > 0.
 
     ``labels`` has shape (N, H, W); the gradient for ``c`` is None when
-    ``params.c`` is None.
+    ``params.c`` is None. ``extra_dS`` (N, n_c, H, W), optional, is added to
+    the loss's gradient in the logits before the backward pass.
     """
     N, _, H, W = Y0.shape
     k = params.K.shape[0]
@@ -89,6 +91,8 @@ def loss_and_grad(Y0, labels, params, activation_name, boundary, class_weight,
     loss, dS = cross_entropy_and_grad(
         S, xp.reshape(labels, (N, H * W)), class_weight, ignore_index, xp
     )
+    if extra_dS is not None:
+        dS = dS + xp.reshape(extra_dS, dS.shape)
     dW, dc, dY = classifier_backward(Y, params.W, dS, xp)
     layer_grads = ()
     if deep:

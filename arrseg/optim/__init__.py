@@ -24,7 +24,9 @@ Every optimizer takes :class:`~arrseg.Params` and
 
 Regularisation: :func:`tikhonov` (weight decay on K, W and K_layers),
 :func:`smoothness` (the discrete gradient of each kernel), and
-:class:`Regularization` combining them.
+:class:`Regularization` combining them; :class:`EdgeSmoothness`, the
+edge-aware smoothness of the logits between neighbouring pixels (VarPro's
+and the Segmenter's ``edge_smoothness``), with :func:`contrast_scale`.
 
 :class:`NonFiniteLossError` is raised when training diverges; it carries the
 iteration and the last parameters with a finite loss.
@@ -32,6 +34,7 @@ iteration and the last parameters with a finite loss.
 
 from .adam import Adam
 from .base import NonFiniteLossError, Optimizer
+from .edge_smoothness import EdgeSmoothness, contrast_scale
 from .newton_cg import ClassifierProblem, NewtonCGResult, newton_cg
 from .regularization import Regularization, smoothness, tikhonov
 from .sgd import SGD
@@ -41,11 +44,13 @@ __all__ = [
     "SGD",
     "Adam",
     "ClassifierProblem",
+    "EdgeSmoothness",
     "NewtonCGResult",
     "NonFiniteLossError",
     "Optimizer",
     "Regularization",
     "VarPro",
+    "contrast_scale",
     "newton_cg",
     "smoothness",
     "tikhonov",

@@ -167,6 +167,10 @@ class ClassifierProblem:
     ignore_index : int, default -100
     weight_decay : float, default 0.0
         alpha of the term ``alpha/2 ||W||^2``.
+    penalty : array, shape (k, k), optional
+        A symmetric positive semi-definite M of the term ``1/2 tr(W^T M W)``
+        (the edge-aware smoothness of the logits,
+        :meth:`arrseg.optim.edge_smoothness.EdgeSmoothness.gram`).
     index : "auto", None or integer array, default "auto"
         Pixels to keep: "auto" drops the unlabelled ones (one host
         transfer of the labels), None keeps every pixel, an array gives the
@@ -174,7 +178,7 @@ class ClassifierProblem:
     """
 
     def __init__(self, Y1, labels, n_classes, *, class_weight=None,
-                 ignore_index=-100, weight_decay=0.0, index="auto"):
+                 ignore_index=-100, weight_decay=0.0, penalty=None, index="auto"):
         xp = array_namespace(Y1)
         Y = pixels_last(Y1, xp) if Y1.ndim == 3 else Y1
         labels = xp.reshape(labels, (-1,))
@@ -189,6 +193,7 @@ class ClassifierProblem:
         self.class_weight = class_weight
         self.ignore_index = int(ignore_index)
         self.weight_decay = float(weight_decay)
+        self.penalty = penalty
         self.omega = _pixel_weights(labels, self.n_classes, class_weight,
                                     self.ignore_index, Y.dtype, xp)
 
@@ -199,6 +204,8 @@ class ClassifierProblem:
                                           self.class_weight, self.ignore_index, xp)
         if self.weight_decay:
             loss = loss + (self.weight_decay / 2) * xp.sum(W * W)
+        if self.penalty is not None:
+            loss = loss + 0.5 * xp.sum(W * xp.matmul(self.penalty, W))
         return S, loss, dS[0, ...]
 
     def evaluate(self, W, c):
@@ -217,6 +224,8 @@ class ClassifierProblem:
         dW = xp.matmul(self.Y, xp.matrix_transpose(dS))
         if self.weight_decay:
             dW = dW + self.weight_decay * W
+        if self.penalty is not None:
+            dW = dW + xp.matmul(self.penalty, W)
         dc = None if c is None else xp.sum(dS, axis=1)
         return float(loss), Params(None, None, dW, dc), softmax(S[None, ...], xp)[0, ...]
 
@@ -236,6 +245,8 @@ class ClassifierProblem:
         HW = xp.matmul(self.Y, xp.matrix_transpose(HS))
         if self.weight_decay:
             HW = HW + self.weight_decay * V
+        if self.penalty is not None:
+            HW = HW + xp.matmul(self.penalty, V)
         Hc = None if v is None else xp.sum(HS, axis=1)
         return Params(None, None, HW, Hc)
 

@@ -8,19 +8,21 @@ minimises the reduced objective of the feature parameters alone,
 theta = (K, b) of the one-layer network or theta = (K, b, K_layers,
 b_layers) with residual layers::
 
-    Phi(theta) = min_{W, c} E(theta, W, c) + alpha/2 ||W||^2
+    Phi(theta) = min_{W, c} E(theta, W, c) + alpha/2 ||W||^2 + R_E(theta, W)
                  + alpha/2 (||K||^2 + ||K_layers||^2) + R_S(K, K_layers)
 
 (E the weighted mean cross-entropy, alpha the weight decay, R_S the
 smoothness regulariser of :mod:`arrseg.optim.regularization`, on every
-kernel).
+kernel, R_E the edge-aware smoothness of the logits of
+:mod:`arrseg.optim.edge_smoothness`, quadratic in W, on every pixel).
 
 * Inner problem: for the current features, Y1 = sigma(K Y0 + b) or Y_L
   after the residual layers (:func:`arrseg.core.features`), the minimiser
   (W*, c*) is found by Newton-CG (:mod:`arrseg.optim.newton_cg`),
   warm-started from the previous (W*, c*), on the labelled pixels only.
   E depends on theta only through the features, so the inner problem is
-  the same convex classifier problem at every depth.
+  the same convex classifier problem at every depth. R_E adds
+  1/2 tr(W^T M W), M from the features of every pixel.
 * Reduced gradient: Phi(theta) = F(theta, W*(theta), c*(theta)), so
   dPhi/dtheta = d_theta F + (d_{W,c} F) dW*/dtheta, and d_{W,c} F = 0 at
   the inner minimiser: the gradient of Phi is the partial gradient of the
@@ -64,6 +66,7 @@ from .base import (
     tree_scale,
 )
 from .newton_cg import ClassifierProblem, gather_pixels, labelled_pixels, pixels_last
+from .edge_smoothness import EdgeSmoothness, contrast_scale
 from .regularization import smoothness as smoothness_term
 
 __all__ = ["VarPro"]
@@ -90,6 +93,13 @@ class VarPro:
     smoothness : float, default 0.0
         Coefficient of the kernels' smoothness regulariser (every kernel,
         K_layers included).
+    edge_smoothness : float, default 0.0
+        Coefficient of the edge-aware smoothness of the logits
+        (:class:`~arrseg.optim.edge_smoothness.EdgeSmoothness`), on every
+        pixel of the training images; 0 leaves it out.
+    contrast : float, optional
+        Its contrast scale sigma^2 (default: the training images',
+        :func:`~arrseg.optim.edge_smoothness.contrast_scale`).
     memory : int, default 10
         L-BFGS pairs kept.
     inner_tol : float, optional
@@ -139,7 +149,8 @@ class VarPro:
     def __init__(self, *, activation="tanh", boundary="zeros", method="auto",
                  dilation=1, layer_step=1.0, layer="residual",
                  class_weight=None, ignore_index=DEFAULT_IGNORE_INDEX,
-                 weight_decay=1e-4, smoothness=0.0, memory=10, inner_tol=None,
+                 weight_decay=1e-4, smoothness=0.0, edge_smoothness=0.0, contrast=None,
+                 memory=10, inner_tol=None,
                  inner_rtol=1e-1, inner_max_iter=20, cg_max_iter=10, c1=1e-4, max_backtracks=20):
         self.activation, self.boundary, self.method = activation, boundary, method
         self.dilation, self.layer_step, self.layer = dilation, layer_step, layer
@@ -147,6 +158,8 @@ class VarPro:
         self.ignore_index = int(ignore_index)
         self.weight_decay = float(weight_decay)
         self.smoothness = float(smoothness)
+        self.edge_smoothness = float(edge_smoothness)
+        self.contrast = None if contrast is None else float(contrast)
         self.memory = int(memory)
         self.inner_tol = None if inner_tol is None else float(inner_tol)
         self.inner_rtol = float(inner_rtol)
@@ -175,6 +188,7 @@ class VarPro:
             check_options(self.activation, self.boundary, self.method, self.dilation,
                           self.layer_step, self.layer), params.depth)
         n_c = params.n_classes
+        all_valid = []
         for xg, yg in zip(xs, ys):
             # the data's one check; every evaluation then runs the core
             a = check_call(xg, params, yg, self.class_weight, self.ignore_index)
@@ -182,9 +196,21 @@ class VarPro:
             cw = (np.ones(n_c) if a.class_weight is None
                   else to_numpy(a.class_weight).astype(np.float64))
             valid = (lab != self.ignore_index) & (lab >= 0) & (lab < n_c)
+            all_valid.append(valid)
             weight = float(cw[lab[valid]].sum())
             index = labelled_pixels(a.labels, self.ignore_index)
             self._groups.append((a.x, a.labels, weight, index))
+        self._edges = None
+        # with every pixel labelled no pair counts: the term is left out
+        if self.edge_smoothness > 0 and any(not bool(np.all(v)) for v in all_valid):
+            images = [g[0] for g in self._groups]
+            sigma2 = self.contrast if self.contrast else contrast_scale(images)
+            n_pixels = sum(int(x.shape[0]) * int(x.shape[2]) * int(x.shape[3])
+                           for x in images)
+            self._edges = [EdgeSmoothness(x, self.edge_smoothness, sigma2, n_pixels,
+                                          labelled=lab != self.ignore_index)
+                           for x, lab, *_ in self._groups]
+        self._cached = (None, None)   # (K, L_w Y of each group at K)
         self._class_weight = a.class_weight
         self._xp = a.xp
         self._dtype = a.dtype
@@ -195,20 +221,54 @@ class VarPro:
         """The classifier problem on the features of (K, b[, layers])."""
         xp = self._xp
         Ys, labs = [], []
-        for x, lab, _, index in self._groups:
-            Y = pixels_last(self._features(x, K, b, layers, xp), xp)
+        penalty = None
+        features = []
+        for g, (x, lab, _, index) in enumerate(self._groups):
+            Y = self._features(x, K, b, layers, xp)    # (N, k, H*W)
+            if self._edges is not None:   # M from Y and L_w Y; L_w Y kept
+                N, _, H, W = x.shape
+                Y4 = xp.reshape(Y, (N, Y.shape[1], H, W))
+                LY = self._edges[g].laplacian(Y4)
+                features.append(LY)
+                M = self._edges[g].gram(Y4, LY)
+                penalty = M if penalty is None else penalty + M
+            Y = pixels_last(Y, xp)
             lab = xp.reshape(lab, (-1,))
             if index is not None:
                 Y = gather_pixels(Y, index, xp)
                 lab = gather_pixels(lab[None, :], index, xp)[0, ...]
             Ys.append(Y)
             labs.append(lab)
+        if self._edges is not None:
+            self._cached = (K, features)
         if len(Ys) > 1:
             Ys, labs = [xp.concat(Ys, axis=1)], [xp.concat(labs, axis=0)]
         return ClassifierProblem(Ys[0], labs[0], self._n_classes,
                                  class_weight=self._class_weight,
                                  ignore_index=self.ignore_index,
-                                 weight_decay=self.weight_decay, index=None)
+                                 weight_decay=self.weight_decay, penalty=penalty,
+                                 index=None)
+
+    def _edge_gradients(self, params):
+        """dR_E/dS = (alpha / n) L_w S = (alpha / n) W^T L_w Y of each group at
+        params, (N, n_c, H, W) each: from L_w Y of the last inner problem when
+        it was set up at params' kernels (the accepted trial point), else
+        computed anew."""
+        xp = self._xp
+        K, laplacians = self._cached
+        if K is not params.K:
+            layers = None if params.K_layers is None else (params.K_layers, params.b_layers)
+            laplacians = []
+            for (x, *_), edges in zip(self._groups, self._edges):
+                N, _, H, W = x.shape
+                Y = self._features(x, params.K, params.b, layers, xp)
+                laplacians.append(edges.laplacian(xp.reshape(Y, (N, Y.shape[1], H, W))))
+        grads = []
+        for edges, LY in zip(self._edges, laplacians):
+            N, k, H, W = LY.shape
+            dS = xp.matmul(xp.matrix_transpose(params.W), xp.reshape(LY, (N, k, H * W)))
+            grads.append(xp.reshape(dS, (N, dS.shape[1], H, W)) * edges.coefficient)
+        return grads
 
     def _features(self, x, K, b, layers, xp):
         """The classifier's input (N, k, H*W): Y1, or Y_L after the residual
@@ -286,11 +346,19 @@ class VarPro:
         (K, b[, K_layers, b_layers]), as a parameter tuple of params' class
         with W and c None (``Params(dK, db, None, None)`` at depth 0)."""
         g_outer = None
-        for x, lab, weight, _ in self._groups:
-            _, g = core.loss_and_grad(x, lab, params, self._options, self._class_weight,
-                                      self.ignore_index, self._xp)
-            g = params_like(params, g)._replace(W=None, c=None)
+        extras = (self._edge_gradients(params) if self._edges is not None
+                  else [None] * len(self._groups))
+        for (x, lab, weight, _), extra in zip(self._groups, extras):
             share = weight / self._total_weight if self._total_weight else 0.0
+            if extra is not None and share == 0:
+                # no labelled pixel here: the logits' term alone, unscaled
+                lab = self._xp.full_like(lab, self.ignore_index)
+                share = 1.0
+            elif extra is not None:
+                extra = extra * (1.0 / share)   # the core's gradient is scaled by share
+            _, g = core.loss_and_grad(x, lab, params, self._options, self._class_weight,
+                                      self.ignore_index, self._xp, extra_dS=extra)
+            g = params_like(params, g)._replace(W=None, c=None)
             g_outer = (tree_scale(share, g) if g_outer is None
                        else tree_axpy(g_outer, share, g))
         _, dK, dK_layers = self._outer_regularization(params)

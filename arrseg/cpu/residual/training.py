@@ -13,7 +13,8 @@ from .layers import (Net, Rows, Tape, Workspace, activate, chunk_blocks, fill_ba
 __all__ = ["loss_and_grad"]
 
 
-def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
+def loss_and_grad(x, labels, params, options, class_weight, ignore_index, *,
+                  extra_dS=None):
     """Loss and (dK, db, dW, dc, dK_layers, db_layers), blocked and threaded.
 
     Parameters
@@ -26,6 +27,10 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
         With ``dilation`` of length ``params.depth``.
     class_weight : numpy.ndarray, shape (n_c,), or None
     ignore_index : int
+    extra_dS : numpy.ndarray, shape (N, n_c, H, W), optional
+        Added to the mean loss's gradient in the logits S before the
+        backward pass (in the classifier's block, scaled by the loss's
+        denominator like the cross-entropy's own term).
 
     Returns
     -------
@@ -88,6 +93,13 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
     if 0 <= ignore_index < n_c:
         weight[ignore_index] = 0
     weighted = bool((weight != 1).any())
+    # the extra gradient joins E, which is dE/dS times the loss's denominator:
+    # that denominator (1 with no labelled weight) is known before the blocks
+    extra_scale = None
+    if extra_dS is not None:
+        lab = labels.reshape(-1)
+        valid = (lab >= 0) & (lab < n_c)
+        extra_scale = float(weight[lab[valid]].sum(dtype=np.float64)) or 1.0
     weight = weight.astype(dtype)[:, None]
     classes = np.arange(n_c)[:, None]
     Qg = max((layer.P for layer in net.layers), default=0) if net.symmetric else 0
@@ -116,6 +128,8 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
         denominator = float(w.sum(dtype=np.float64))
         E *= w
         E -= M  # dE/dS times the denominator
+        if extra_scale is not None:
+            E += extra_dS[n, :, r0 : r0 + rows].reshape(n_c, B) * extra_scale
         T = ws.get("T", (k, B), dtype)
         np.matmul(net.Wc, E, out=T)
         rows_of(G, n, Qg).interior(r0, r0 + rows)[...] = T.reshape(k, rows, W)
@@ -242,6 +256,8 @@ def loss_and_grad(x, labels, params, options, class_weight, ignore_index):
 
     tape.release()
 
+    if extra_scale is not None:
+        denominator = extra_scale
     scale = 1.0 / denominator if denominator > 0 else 0.0
     layer_CS = net.layers[0].CS
     dK_layers = np.stack([d[:, :layer_CS] for d in dKbs]) * scale
