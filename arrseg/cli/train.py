@@ -17,7 +17,14 @@ import warnings
 
 import numpy as np
 
-from ..estimator.settings import OPTIMIZERS
+from ..estimator.settings import (
+    DEFAULT_DEPTH,
+    DEFAULT_DILATION,
+    DEFAULT_MAX_ITER,
+    DEFAULT_OPTIMIZER,
+    DEFAULT_WIDTH,
+    OPTIMIZERS,
+)
 from ..io.errors import optional_import
 from ..methods import METHODS
 from ..network import ACTIVATION_NAMES
@@ -34,12 +41,13 @@ __all__ = ["HYPER_PARAMETERS", "add_parser", "run"]
 #: The Segmenter's hyper-parameters as options: (option, parameter, type,
 #: help). Defaults are the Segmenter's (None: not passed).
 HYPER_PARAMETERS = [
-    ("--width", "width", opt.positive, "k, feature channels (default 16)"),
+    ("--width", "width", opt.positive, f"k, feature channels (default {DEFAULT_WIDTH})"),
     ("--kernel-size", "kernel_size", opt.odd, "s, odd (default 3)"),
-    ("--depth", "depth", opt.non_negative, "residual layers after the first (default 0)"),
+    ("--depth", "depth", opt.non_negative,
+     f"residual layers after the first (default {DEFAULT_DEPTH})"),
     ("--dilation", "dilation", opt.dilation,
      "the residual layers' dilations: one integer, a list like 1,2,4 or "
-     "'doubling' (default 1)"),
+     f"'doubling' (default {DEFAULT_DILATION})"),
     ("--step", "step", opt.positive_number, "h, the residual layers' step (default 1)"),
     ("--layer", "layer", LAYERS, "default residual"),
     ("--layer-kernel-size", "layer_kernel_size", opt.odd,
@@ -47,8 +55,9 @@ HYPER_PARAMETERS = [
     ("--activation", "activation", ACTIVATION_NAMES, "default tanh"),
     ("--boundary", "boundary", BOUNDARIES, "default zeros"),
     ("--method", "method", METHODS, "how convolutions are computed (default auto)"),
-    ("--optimizer", "optimizer", OPTIMIZERS, "default adam"),
-    ("--iterations", "max_iter", opt.positive, "iterations (epochs; default 200)"),
+    ("--optimizer", "optimizer", OPTIMIZERS, f"default {DEFAULT_OPTIMIZER}"),
+    ("--iterations", "max_iter", opt.positive,
+     f"iterations (epochs; VarPro's outer iterations; default {DEFAULT_MAX_ITER})"),
     ("--learning-rate", "learning_rate", opt.positive_number,
      "step length of sgd and adam (default 0.5 and 0.03)"),
     ("--momentum", "momentum", opt.number, "sgd's momentum (default 0.9)"),
@@ -59,8 +68,8 @@ HYPER_PARAMETERS = [
     ("--weight-decay", "weight_decay", opt.number, "Tikhonov weight (default 1e-4)"),
     ("--smoothness", "smoothness", opt.number, "kernel smoothness weight (default 0)"),
     ("--edge-smoothness", "edge_smoothness", opt.number,
-     "edge-aware smoothness of the logits between neighbouring pixels (default: "
-     "the Segmenter's)"),
+     "edge-aware smoothness of the logits between neighbouring pixels (default "
+     "'auto': 1 in memory)"),
     ("--class-weight", "class_weight", opt.class_weight,
      "'balanced' or one weight per class, like 1,3,1 (default: none)"),
     ("--classes", "n_classes", opt.positive,
