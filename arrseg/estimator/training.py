@@ -37,11 +37,11 @@ import numpy as np
 from .. import core
 from .._backend import to_numpy
 from ..metrics import confusion_counts
+from ..numerics.classifier import logits
 from ..optim.adam import Adam
 from ..optim.base import NonFiniteLossError
-from ..optim.flat import decay_vector, flatten, layout_of, unflatten
-from ..numerics.classifier import logits
 from ..optim.edge_smoothness import EdgeSmoothness, contrast_scale
+from ..optim.flat import decay_vector, flatten, layout_of, unflatten
 from ..optim.regularization import smoothness as smoothness_term
 from ..optim.sgd import SGD
 from ..optim.varpro import VarPro
@@ -319,6 +319,9 @@ class CropBatches:
         s, xp = self.settings, self.xp
         extra = value = None
         if self.contrast is not None:
+            # one more forward pass per step: the term's gradient needs the
+            # logits of the whole crop (neighbours across the core's row
+            # blocks) before the backward pass
             layers = None if params.K_layers is None else (params.K_layers, params.b_layers)
             Y = core.features(xb, params.K, params.b, s.options, xp, layers=layers)
             S = logits(Y, params.W, params.c, xp)             # (N, n_c, H*W)

@@ -14,7 +14,8 @@ b_layers) with residual layers::
 (E the weighted mean cross-entropy, alpha the weight decay, R_S the
 smoothness regulariser of :mod:`arrseg.optim.regularization`, on every
 kernel, R_E the edge-aware smoothness of the logits of
-:mod:`arrseg.optim.edge_smoothness`, quadratic in W, on every pixel).
+:mod:`arrseg.optim.edge_smoothness`, quadratic in W, on the pairs of
+neighbouring pixels with at least one unlabelled).
 
 * Inner problem: for the current features, Y1 = sigma(K Y0 + b) or Y_L
   after the residual layers (:func:`arrseg.core.features`), the minimiser
@@ -65,8 +66,8 @@ from .base import (
     tree_norm,
     tree_scale,
 )
-from .newton_cg import ClassifierProblem, gather_pixels, labelled_pixels, pixels_last
 from .edge_smoothness import EdgeSmoothness, contrast_scale
+from .newton_cg import ClassifierProblem, gather_pixels, labelled_pixels, pixels_last
 from .regularization import smoothness as smoothness_term
 
 __all__ = ["VarPro"]
@@ -95,8 +96,9 @@ class VarPro:
         K_layers included).
     edge_smoothness : float, default 0.0
         Coefficient of the edge-aware smoothness of the logits
-        (:class:`~arrseg.optim.edge_smoothness.EdgeSmoothness`), on every
-        pixel of the training images; 0 leaves it out.
+        (:class:`~arrseg.optim.edge_smoothness.EdgeSmoothness`), on the pairs
+        of neighbouring training pixels with at least one unlabelled; 0
+        leaves it out (and so does a fully labelled training set).
     contrast : float, optional
         Its contrast scale sigma^2 (default: the training images',
         :func:`~arrseg.optim.edge_smoothness.contrast_scale`).
@@ -222,14 +224,14 @@ class VarPro:
         xp = self._xp
         Ys, labs = [], []
         penalty = None
-        features = []
+        laplacians = []
         for g, (x, lab, _, index) in enumerate(self._groups):
             Y = self._features(x, K, b, layers, xp)    # (N, k, H*W)
             if self._edges is not None:   # M from Y and L_w Y; L_w Y kept
                 N, _, H, W = x.shape
                 Y4 = xp.reshape(Y, (N, Y.shape[1], H, W))
                 LY = self._edges[g].laplacian(Y4)
-                features.append(LY)
+                laplacians.append(LY)
                 M = self._edges[g].gram(Y4, LY)
                 penalty = M if penalty is None else penalty + M
             Y = pixels_last(Y, xp)
@@ -240,7 +242,7 @@ class VarPro:
             Ys.append(Y)
             labs.append(lab)
         if self._edges is not None:
-            self._cached = (K, features)
+            self._cached = (K, laplacians)
         if len(Ys) > 1:
             Ys, labs = [xp.concat(Ys, axis=1)], [xp.concat(labs, axis=0)]
         return ClassifierProblem(Ys[0], labs[0], self._n_classes,
