@@ -133,7 +133,7 @@ class Segmenter:
         SGD's momentum, in [0, 1).
     nesterov : bool, default False
         Nesterov momentum for SGD.
-    max_iter : int, default 60
+    max_iter : int, default 100
         Maximum number of iterations (epochs for "sgd" and "adam", outer
         iterations for "varpro"; see the module docstring).
     batch_size : int, default 4
