@@ -61,6 +61,7 @@ from .estimator.settings import (
     DEFAULT_MAX_ITER,
     DEFAULT_OPTIMIZER,
     DEFAULT_STEP,
+    DEFAULT_TOL,
     DEFAULT_WIDTH,
     OPTIMIZERS,
     check_predict_settings,
@@ -190,7 +191,9 @@ class Segmenter:
         Iterations without an improvement of ``tol`` before stopping (of
         the training objective without early stopping, of the validation
         loss with it).
-    tol : float, default 1e-4
+    tol : float, default 3e-5
+        The least fall of the monitored loss that counts as an
+        improvement (:data:`arrseg.estimator.settings.DEFAULT_TOL`).
     tile_size : int, optional
         Prediction works on tiles of this size (:mod:`arrseg.tiling`).
         Default: no tiles unless one forward pass would hold more than
@@ -260,7 +263,7 @@ class Segmenter:
                  edge_smoothness=DEFAULT_EDGE_SMOOTHNESS,
                  class_weight=None, n_classes=None,
                  ignore_index=DEFAULT_IGNORE_INDEX, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
+                 validation_fraction=0.1, n_iter_no_change=10, tol=DEFAULT_TOL,
                  tile_size=None, memory_budget=None, seed=0, verbose=False):
         self.width = width
         self.kernel_size = kernel_size

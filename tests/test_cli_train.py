@@ -79,6 +79,32 @@ def test_train_gives_the_library_model(files, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["loss.png", "m.npz"]
 
 
+@pytest.mark.parametrize("options, reason", [
+    # Adam at a rate 10^4 times its default: the loss leaves its lowest value
+    # by more than DIVERGENCE_STOP_FACTOR within a few epochs
+    (["--optimizer", "adam", "--learning-rate", "300"],
+     "(stopped early: the training loss diverged (the warning above))"),
+    (["--optimizer", "adam", "--tol", "1e9", "--n-iter-no-change", "2"],
+     "(converged: the training objective fell by less than --tol 1e+09 for "
+     "--n-iter-no-change 2 iterations)"),
+    (["--tol", "1e9", "--n-iter-no-change", "2"],
+     "(converged: the training objective fell by less than --tol 1e+09 for "
+     "--n-iter-no-change 2 iterations, or VarPro found no step that lowers the "
+     "training objective)"),
+])
+def test_an_early_stop_says_why(files, tmp_path, capsys, options, reason):
+    code = main(["train", *_paths(files, "img0.png"), "--labels",
+                 *_paths(files, "truth0.png"), "--width", "4", "--depth", "1",
+                 "--iterations", "50", "-o", str(tmp_path / "m.npz"), "--quiet",
+                 *options])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    iterations = int(captured.out.split("trained ")[1].split(" ")[0])
+    assert iterations < 50
+    assert reason in captured.out
+    assert ("diverged" in reason) == ("diverged" in captured.err)
+
+
 def test_every_hyper_parameter_is_an_option():
     names = set(arrseg.Segmenter._get_param_names()) - {"verbose", "ignore_index"}
     assert {name for _, name, _, _ in train_command.HYPER_PARAMETERS} == names
@@ -234,8 +260,15 @@ def test_train_in_a_subprocess(files, tmp_path):
 def test_interrupted_training_exits_130_and_writes_nothing(files, tmp_path):
     child = subprocess.Popen(
         [sys.executable, "-m", "arrseg", "train", "img0.png", "--labels", "truth0.png",
-         "--iterations", "100000", "--width", "4", "-o", str(tmp_path / "m.npz")],
-        cwd=files["folder"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--iterations", "100000", "--width", "4", "-o", str(tmp_path / "m.npz"),
+         # Adam with this patience trains for seconds (to a divergence at
+         # about 4500 epochs); VarPro converges on this image in under one
+         "--optimizer", "adam", "--n-iter-no-change", "100000"],
+        cwd=files["folder"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell's background job (pytest ... &) starts with SIGINT ignored,
+        # which the child would inherit, and Python then installs no
+        # KeyboardInterrupt handler: give the child the default disposition
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert child.stdout.readline().startswith("arrseg train:")
         # the bar has begun: training runs
@@ -248,6 +281,6 @@ def test_interrupted_training_exits_130_and_writes_nothing(files, tmp_path):
         if child.poll() is None:
             child.kill()
             child.communicate()
-    assert child.returncode == 130
+    assert child.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     assert os.listdir(tmp_path) == []

@@ -213,12 +213,14 @@ def segmenter_fit(ds, labels, params):
     return arrseg.Segmenter(**params).fit(ds.x_train, labels)
 
 
-def segmenter_fit_predict(ds, labels, params):
-    """(fit seconds, int64 predictions (N, H, W) of the test images)."""
+def segmenter_fit_predict(ds, labels, params, with_iterations=False):
+    """(fit seconds, int64 predictions (N, H, W) of the test images), and
+    the iterations trained (``n_iter_``) third with ``with_iterations``."""
     start = time.perf_counter()
     model = segmenter_fit(ds, labels, params)
     fit_s = time.perf_counter() - start
-    return fit_s, np.asarray(model.predict(ds.x_test))
+    pred = np.asarray(model.predict(ds.x_test))
+    return (fit_s, pred, model.n_iter_) if with_iterations else (fit_s, pred)
 
 
 def score(ds, pred):
@@ -239,20 +241,30 @@ def measure(ds, method, sparse):
     return score(ds, pred), fit_s
 
 
+def measure_with_iterations(ds, params, sparse):
+    """(IoU, fit seconds, iterations trained) of ``Segmenter(**params)``."""
+    labels = ds.y_sparse if sparse else ds.y_train
+    fit_s, pred, n_iter = segmenter_fit_predict(ds, labels, params, with_iterations=True)
+    return score(ds, pred), fit_s, n_iter
+
+
 # --- configurations ------------------------------------------------------------
 
 #: Other Segmenter configurations of the table, by row name: the previous
 #: defaults (the one-layer network with Adam; the deep network of 0.7 and
-#: 0.8, without the edge-aware smoothness and with 60 iterations), the
-#: seed's single layer, and a wider, deeper variant of the defaults.
+#: 0.8, without the edge-aware smoothness, with 60 iterations; 0.9's, with
+#: tol 1e-4), the seed's single layer, and a wider, deeper variant of the
+#: defaults.
 OTHER_CONFIGS = {
     "depth 0, k=16, Adam 200 (defaults before 0.7)":
-        dict(depth=0, width=16, optimizer="adam", max_iter=200, edge_smoothness=0.0),
+        dict(depth=0, width=16, optimizer="adam", max_iter=200, edge_smoothness=0.0,
+             tol=1e-4),
     "depth 0, k=32, s=7, Adam 200 (the seed's single layer)":
         dict(depth=0, width=32, kernel_size=7, optimizer="adam", max_iter=200,
-             edge_smoothness=0.0),
-    "edge_smoothness=0, varpro 60 (defaults of 0.7 and 0.8)":
-        dict(edge_smoothness=0.0, max_iter=60),
+             edge_smoothness=0.0, tol=1e-4),
+    "edge_smoothness=0, varpro 60, tol 1e-4 (defaults of 0.7 and 0.8)":
+        dict(edge_smoothness=0.0, max_iter=60, tol=1e-4),
+    "tol 1e-4 (defaults of 0.9.0)": dict(tol=1e-4),
     "depth 4, 'doubling', k=16": dict(depth=4, width=16),
 }
 
@@ -260,7 +272,7 @@ OTHER_CONFIGS = {
 def table_rows(quick):
     rows = {"skimage TrainableSegmenter (RF 100 trees)": "forest",
             "arrseg Segmenter() defaults (depth 3, 'doubling', k=8, varpro 100, "
-            "edge_smoothness 'auto')": {}}
+            "tol 3e-5, edge_smoothness 'auto')": {}}
     rows.update({f"arrseg {k}": v for k, v in OTHER_CONFIGS.items()})
     if quick:   # the forest, the defaults and the previous defaults, shorter
         rows = dict(list(rows.items())[:3])
@@ -298,12 +310,12 @@ def search_grid():
 
 # --- output --------------------------------------------------------------------
 
-def _fmt(name, results):
+def _fmt(name, results, digits=3):
     (i_d, t_d), (i_s, t_s) = results
-    return f"| {name} | {i_d:.3f} | {i_s:.3f} | {t_d:.1f} s | {t_s:.1f} s |"
+    return f"| {name} | {i_d:.{digits}f} | {i_s:.{digits}f} | {t_d:.1f} s | {t_s:.1f} s |"
 
 
-def run_table(datasets, quick):
+def run_table(datasets, quick, digits=3):
     rows = table_rows(quick)
     for ds in datasets:
         print(f"\n### {ds.name}: train {ds.x_train.shape}, test {ds.x_test.shape}, "
@@ -315,10 +327,10 @@ def run_table(datasets, quick):
         print("|---|---|---|---|---|")
         for name, method in rows.items():
             results = [measure(ds, method, sparse) for sparse in (False, True)]
-            print(_fmt(name, results), flush=True)
+            print(_fmt(name, results, digits), flush=True)
 
 
-def run_seeds(datasets, seeds, settings=None):
+def run_seeds(datasets, seeds, settings=None, digits=3):
     """The defaults' IoU and fit time for each seed (the same labels), with
     ``settings`` (Segmenter keywords) changed from the defaults; a mean row
     per dataset."""
@@ -326,19 +338,20 @@ def run_seeds(datasets, seeds, settings=None):
     if settings:
         print(f"Segmenter defaults with {settings}")
     print("| dataset | seed | IoU dense | IoU 2% labelled | fit time dense | "
-          "fit time 2% |")
-    print("|---|---|---|---|---|---|")
+          "fit time 2% | iterations dense | iterations 2% |")
+    print("|---|---|---|---|---|---|---|---|")
     for ds in datasets:
         rows = []
         for seed in seeds:
-            (i_d, t_d), (i_s, t_s) = [measure(ds, dict(settings, seed=seed), sparse)
-                                      for sparse in (False, True)]
-            rows.append((i_d, i_s, t_d, t_s))
-            print(f"| {ds.name} | {seed} | {i_d:.3f} | {i_s:.3f} | {t_d:.1f} s | "
-                  f"{t_s:.1f} s |", flush=True)
-        i_d, i_s, t_d, t_s = np.mean(rows, axis=0)
-        print(f"| {ds.name} | mean | {i_d:.3f} | {i_s:.3f} | {t_d:.1f} s | "
-              f"{t_s:.1f} s |", flush=True)
+            (i_d, t_d, n_d), (i_s, t_s, n_s) = [
+                measure_with_iterations(ds, dict(settings, seed=seed), sparse)
+                for sparse in (False, True)]
+            rows.append((i_d, i_s, t_d, t_s, n_d, n_s))
+            print(f"| {ds.name} | {seed} | {i_d:.{digits}f} | {i_s:.{digits}f} | "
+                  f"{t_d:.1f} s | {t_s:.1f} s | {n_d} | {n_s} |", flush=True)
+        i_d, i_s, t_d, t_s, n_d, n_s = np.mean(rows, axis=0)
+        print(f"| {ds.name} | mean | {i_d:.{digits}f} | {i_s:.{digits}f} | "
+              f"{t_d:.1f} s | {t_s:.1f} s | {n_d:.0f} | {n_s:.0f} |", flush=True)
 
 
 def parse_setting(text):
@@ -404,6 +417,8 @@ def main(argv=None):
     parser.add_argument("--edge-beta", type=float, default=None, metavar="BETA",
                         help="with --seeds: beta of edge_smoothness's weights "
                         "(arrseg.optim.edge_smoothness.BETA, default 20)")
+    parser.add_argument("--digits", type=int, default=3, choices=range(1, 7),
+                        metavar="D", help="decimals of the IoU (default 3)")
     args = parser.parse_args(argv)
     if (args.smoothness is not None or args.set or args.edge_beta is not None) \
             and not args.seeds:
@@ -431,9 +446,9 @@ def main(argv=None):
     if args.search:
         run_search(datasets, args.sparse_only)
     elif args.seeds:
-        run_seeds(datasets, [int(v) for v in args.seeds.split(",")], settings)
+        run_seeds(datasets, [int(v) for v in args.seeds.split(",")], settings, args.digits)
     else:
-        run_table(datasets, args.quick)
+        run_table(datasets, args.quick, args.digits)
 
 
 if __name__ == "__main__":

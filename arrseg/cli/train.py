@@ -22,9 +22,11 @@ from ..estimator.settings import (
     DEFAULT_DILATION,
     DEFAULT_MAX_ITER,
     DEFAULT_OPTIMIZER,
+    DEFAULT_TOL,
     DEFAULT_WIDTH,
     OPTIMIZERS,
 )
+from ..estimator.training import DivergenceWarning
 from ..io.errors import optional_import
 from ..methods import METHODS
 from ..network import ACTIVATION_NAMES
@@ -79,12 +81,26 @@ HYPER_PARAMETERS = [
      "of the labelled pixels, or use --validation-images)"),
     ("--validation-fraction", "validation_fraction", opt.number, "default 0.1"),
     ("--n-iter-no-change", "n_iter_no_change", opt.positive, "default 10"),
-    ("--tol", "tol", opt.number, "default 1e-4"),
+    ("--tol", "tol", opt.number, f"default {DEFAULT_TOL:g}"),
     ("--tile-size", "tile_size", opt.positive, "tiles of prediction (default: as needed)"),
     ("--memory-budget", "memory_budget", opt.positive,
      "bytes of one forward pass before tiling (default 512 MiB)"),
     ("--seed", "seed", opt.non_negative, "seed of the initialisation and crops (default 0)"),
 ]
+
+
+def _why_stopped(model, caught):
+    """Why training ended before ``--iterations``: the divergence warned of
+    in ``caught``, else convergence (the patience ran out, or VarPro found
+    no lower point: either ends the loop)."""
+    if any(issubclass(w.category, DivergenceWarning) for w in caught):
+        return "stopped early: the training loss diverged (the warning above)"
+    watched = "validation loss" if model.early_stopping else "training objective"
+    why = (f"converged: the {watched} fell by less than --tol {model.tol:g} for "
+           f"--n-iter-no-change {model.n_iter_no_change} iterations")
+    if model.optimizer == "varpro":
+        why += ", or VarPro found no step that lowers the training objective"
+    return why
 
 
 def add_parser(sub):
@@ -195,9 +211,7 @@ def run(args, out=None):
     print(f"trained {model.n_iter_} iteration(s) in {seconds:.1f} s, final loss "
           f"{model.loss_curve_[-1]:.4g}, {model.n_classes_} classes", file=out)
     if model.n_iter_ < model.max_iter:
-        watched = ("validation loss" if model.early_stopping else "training objective")
-        print(f"(converged: the {watched} fell by less than --tol {model.tol:g} for "
-              f"--n-iter-no-change {model.n_iter_no_change} iterations)", file=out)
+        print(f"({_why_stopped(model, caught)})", file=out)
     if vxs:
         print(f"validation ({len(vxs)} image(s)):", file=out)
         _metrics(model, dvxs, vys, out)
