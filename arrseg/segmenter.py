@@ -166,9 +166,9 @@ class Segmenter:
         (:mod:`arrseg.optim.edge_smoothness`). With few
         labelled pixels (scribbles) it puts the class boundaries on the
         image's edges between the strokes. It shapes training only; 0
-        leaves it out. "auto" is 1 on images in memory (the benchmark's
-        best, docs/training.rst) and 0 on Dask images, where it is not
-        available (a positive value is refused there).
+        leaves it out. "auto" is 1 (the benchmark's best,
+        docs/training.rst), except with "sgd" or "adam" on Dask images:
+        0, where it is not available (a positive value is refused there).
     class_weight : None, "balanced" or array of shape (n_classes,)
         Weights of the classes in the loss; "balanced" weighs class j by
         ``n_labelled / (n_classes * n_j)``.

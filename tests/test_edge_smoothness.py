@@ -303,11 +303,12 @@ def test_bad_values_are_refused(value):
         arrseg.Segmenter(edge_smoothness=value, max_iter=1).fit(x, y)
 
 
-def test_dask_images_refuse_it():
+def test_dask_images_refuse_it_with_first_order_optimizers():
     da = pytest.importorskip("dask.array")
     x, y = arrseg.data.make_shapes(n_images=1, size=16, seed=0)
-    with pytest.raises(ValueError, match="edge_smoothness=0.3 is not available for dask"):
-        arrseg.Segmenter(edge_smoothness=0.3, max_iter=1).fit(
+    with pytest.raises(ValueError, match="edge_smoothness=0.3 with dask images trains "
+                       "with optimizer='varpro' only, got optimizer='adam'"):
+        arrseg.Segmenter(edge_smoothness=0.3, optimizer="adam", max_iter=1).fit(
             da.from_array(x, chunks=(1, 3, 8, 8)), da.from_array(y, chunks=(1, 8, 8)))
 
 
@@ -340,16 +341,22 @@ def test_a_file_without_it_was_trained_without_it(tmp_path, monkeypatch):
     assert arrseg.Segmenter.load(tmp_path / "old.npz").edge_smoothness == 0.0
 
 
-def test_chunked_varpro_refuses_it():
-    pytest.importorskip("dask.array")
+def test_chunked_varpro_needs_the_problems_edge_weights():
+    da = pytest.importorskip("dask.array")
+    from arrseg.dask.cluster import ChunkedProblem
     from arrseg.dask.training import ChunkedVarPro
 
-    p = arrseg.init_params(3, 4, 2, seed=0)
-    with pytest.raises(ValueError, match="not available on a chunked problem"):
-        ChunkedVarPro(edge_smoothness=0.1).set_data(None, None, p)
+    x, y = arrseg.data.make_shapes(n_images=1, size=16, seed=0)
+    y = np.where(np.random.default_rng(0).random(y.shape) < 0.2, y, -100)
+    p = arrseg.init_params(3, 4, 3, seed=0)
+    with ChunkedProblem(da.from_array(x, chunks=(1, 3, 8, 8)), y,
+                        halo_width=1) as problem:
+        with pytest.raises(ValueError, match="needs a ChunkedProblem made with "
+                           "edge_contrast"):
+            ChunkedVarPro(edge_smoothness=0.1).set_data(problem, None, p)
 
 
-def test_auto_is_the_documented_value_in_memory_and_0_on_dask():
+def test_auto_is_the_documented_value_in_memory_and_on_dask_with_varpro():
     from arrseg.estimator.settings import AUTO_EDGE_SMOOTHNESS, check_settings
 
     assert arrseg.Segmenter().edge_smoothness == "auto"
@@ -358,11 +365,20 @@ def test_auto_is_the_documented_value_in_memory_and_0_on_dask():
         check_settings(arrseg.Segmenter(edge_smoothness="on"))
     da = pytest.importorskip("dask.array")
     x, y = arrseg.data.make_shapes(n_images=1, size=16, seed=0)
-    m = arrseg.Segmenter(max_iter=2).fit(da.from_array(x, chunks=(1, 3, 8, 8)),
-                                         da.from_array(y, chunks=(1, 8, 8)))
-    ref = arrseg.Segmenter(max_iter=2, edge_smoothness=0.0).fit(
-        da.from_array(x, chunks=(1, 3, 8, 8)), da.from_array(y, chunks=(1, 8, 8)))
-    np.testing.assert_array_equal(np.asarray(m.params_.K), np.asarray(ref.params_.K))
+    y = np.where(np.random.default_rng(0).random(y.shape) < 0.2, y, -100)
+
+    def fit(**kw):
+        return arrseg.Segmenter(max_iter=2, **kw).fit(
+            da.from_array(x, chunks=(1, 3, 8, 8)), da.from_array(y, chunks=(1, 8, 8)))
+
+    def same(a, b):
+        return all(np.array_equal(np.asarray(p), np.asarray(q))
+                   for p, q in zip(a.params_, b.params_))
+
+    # VarPro: the value of memory; Adam and SGD: 0 (not available)
+    assert same(fit(), fit(edge_smoothness=AUTO_EDGE_SMOOTHNESS))
+    assert not same(fit(), fit(edge_smoothness=0.0))
+    assert same(fit(optimizer="adam"), fit(optimizer="adam", edge_smoothness=0.0))
 
 
 def test_varpro_with_it_runs_on_every_namespace(xp):

@@ -208,9 +208,22 @@ def forest_fit_predict(ds, labels):
     return fit_s, pred
 
 
+#: ``--dask CHUNK``: fit on dask arrays in (CHUNK, CHUNK) chunks, one image
+#: per chunk, instead of the NumPy arrays (None: in memory).
+DASK_CHUNK = None
+
+
 def segmenter_fit(ds, labels, params):
-    """arrseg.Segmenter(**params), fitted on the training images."""
-    return arrseg.Segmenter(**params).fit(ds.x_train, labels)
+    """arrseg.Segmenter(**params), fitted on the training images (as dask
+    arrays with :data:`DASK_CHUNK`)."""
+    x = ds.x_train
+    if DASK_CHUNK is not None:
+        import dask.array as da
+
+        c = DASK_CHUNK
+        x = da.from_array(x, chunks=(1, x.shape[1], c, c))
+        labels = da.from_array(labels, chunks=(1, c, c))
+    return arrseg.Segmenter(**params).fit(x, labels)
 
 
 def segmenter_fit_predict(ds, labels, params, with_iterations=False):
@@ -417,12 +430,19 @@ def main(argv=None):
     parser.add_argument("--edge-beta", type=float, default=None, metavar="BETA",
                         help="with --seeds: beta of edge_smoothness's weights "
                         "(arrseg.optim.edge_smoothness.BETA, default 20)")
+    parser.add_argument("--dask", type=int, default=None, metavar="CHUNK",
+                        help="with --seeds: fit on dask arrays in CHUNK x CHUNK "
+                        "chunks (the threaded scheduler)")
     parser.add_argument("--digits", type=int, default=3, choices=range(1, 7),
                         metavar="D", help="decimals of the IoU (default 3)")
     args = parser.parse_args(argv)
-    if (args.smoothness is not None or args.set or args.edge_beta is not None) \
-            and not args.seeds:
-        parser.error("--smoothness, --set and --edge-beta go with --seeds")
+    if (args.smoothness is not None or args.set or args.edge_beta is not None
+            or args.dask is not None) and not args.seeds:
+        parser.error("--smoothness, --set, --edge-beta and --dask go with --seeds")
+    if args.dask is not None:
+        global DASK_CHUNK
+        DASK_CHUNK = args.dask
+        print(f"fit on dask arrays in {args.dask} x {args.dask} chunks")
     if args.edge_beta is not None:
         from arrseg.optim import edge_smoothness
 

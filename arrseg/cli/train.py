@@ -71,7 +71,7 @@ HYPER_PARAMETERS = [
     ("--smoothness", "smoothness", opt.number, "kernel smoothness weight (default 0)"),
     ("--edge-smoothness", "edge_smoothness", opt.number,
      "edge-aware smoothness of the logits between neighbouring pixels (default "
-     "'auto': 1 in memory)"),
+     "'auto': 1)"),
     ("--class-weight", "class_weight", opt.class_weight,
      "'balanced' or one weight per class, like 1,3,1 (default: none)"),
     ("--classes", "n_classes", opt.positive,

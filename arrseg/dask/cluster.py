@@ -41,7 +41,9 @@ from .._validation import _as_params, check_ignore_index
 from ..core import features
 from ..numerics.convolution import BOUNDARIES
 from ..numerics.residual import receptive_halo
+from ..optim.edge_smoothness import EdgeSmoothness
 from . import halo as _halo
+from .edges import block_gradient, owned_weights
 from .gradient import BlockSpec, add, block_sums, normalise, padded_labels, tree_sum
 
 __all__ = ["ChunkedProblem", "Pending"]
@@ -84,6 +86,12 @@ class ChunkedProblem:
     client : distributed.Client, optional
         Where the blocks are kept and evaluated; default the active Client
         if there is one, else this process (dask's local scheduler).
+    edge_contrast : float, optional
+        sigma^2 of the edge-aware smoothness of the logits
+        (:mod:`arrseg.dask.edges`): each block then keeps the weights of
+        the pairs of neighbours it owns, for :meth:`labelled_features`'
+        ``gram`` and :meth:`edge_gradient`. It needs a halo one pixel wider
+        than the network's reach.
 
     Attributes
     ----------
@@ -125,7 +133,7 @@ class ChunkedProblem:
     """
 
     def __init__(self, x, labels, *, halo_width, ignore_index=-100, boundary="zeros",
-                 client=None):
+                 client=None, edge_contrast=None):
         import dask
         import dask.array as da
 
@@ -151,6 +159,7 @@ class ChunkedProblem:
         self.dtype = np.dtype(x.dtype)
         self.shape = (N, C, H, W)
         self.client = active_client() if client is None else client
+        self.edge_contrast = None if edge_contrast is None else float(edge_contrast)
 
         # blocks (n, 0, i, j) of the haloed images; label chunks (n, i, j)
         x = x.rechunk({1: -1})
@@ -160,14 +169,23 @@ class ChunkedProblem:
         labels = (labels.rechunk(chunks) if is_dask_array(labels)
                   else da.from_array(labels, chunks=chunks))
         x_blocks, label_blocks = haloed.to_delayed(), labels.to_delayed()
+        if self.edge_contrast is not None:   # the labelled mask, haloed as x
+            labelled = _halo.extend((labels != self.ignore_index)[:, None], halo)
+            labelled = labelled.to_delayed()
         make = dask.delayed(_stored_block, pure=True)
         blocks, self.index, sides = [], [], []
         for n in range(len(chunks[0])):
             for i in range(len(chunks[1])):
                 for j in range(len(chunks[2])):
                     sides.append(_halo.sides(halo, i, j))
+                    edge = None
+                    if self.edge_contrast is not None:
+                        (t, _), (l, _) = sides[-1]
+                        origin = (sum(chunks[1][:i]) - t, sum(chunks[2][:j]) - l)
+                        edge = (labelled[n, 0, i, j], origin, (H, W),
+                                self.edge_contrast)
                     blocks.append(make(x_blocks[n, 0, i, j], label_blocks[n, i, j],
-                                       sides[-1], self.ignore_index))
+                                       sides[-1], self.ignore_index, edge))
                     self.index.append((n, i, j))
 
         # keep the blocks; their checks and label counts: one gather
@@ -335,7 +353,7 @@ class ChunkedProblem:
         """
         return self.submit(params, options, class_weight, blocks).result()
 
-    def labelled_features(self, params, options, blocks=None):
+    def labelled_features(self, params, options, blocks=None, gram=None):
         """The classifier's input at the labelled pixels (VarPro's features).
 
         Parameters
@@ -344,16 +362,24 @@ class ChunkedProblem:
             K, b (and the residual layers); W and c are not used.
         options : arrseg.core.Options
         blocks : sequence of int, optional
+        gram : float, optional
+            alpha / n: also the penalty matrix of the edge-aware smoothness
+            (needs ``edge_contrast``), from the same features.
 
         Returns
         -------
         Y : ndarray (k, M)
             The features of the M labelled pixels, block after block.
         labels : int64 ndarray (M,)
+        penalty : float64 ndarray (k, k)
+            With ``gram``: (alpha / n) M, the blocks' Gram matrices
+            (:func:`arrseg.dask.edges.block_gram`) added in block order.
         """
         p = _as_params(params)
         p = self._fitted_params(p, options)
-        spec = (p, dataclasses.replace(options, boundary=self.halo.boundary))
+        if gram is not None and self.edge_contrast is None:
+            raise ValueError(f"{_WHAT}: gram needs a problem made with edge_contrast")
+        spec = (p, dataclasses.replace(options, boundary=self.halo.boundary), gram)
         chosen = self._chosen(blocks)
         if self.client is None:
             parts = [_stored_features(self._blocks[b], spec, self.ignore_index)
@@ -363,8 +389,54 @@ class ChunkedProblem:
             parts = self.client.gather([
                 self.client.submit(_stored_features, self._blocks[b], payload,
                                    self.ignore_index) for b in chosen])
-        return (np.concatenate([Y for Y, _ in parts], axis=1),
-                np.concatenate([lab for _, lab in parts]))
+        out = (np.concatenate([part[0] for part in parts], axis=1),
+               np.concatenate([part[1] for part in parts]))
+        if gram is None:
+            return out
+        penalty = parts[0][2]
+        for part in parts[1:]:
+            penalty = penalty + part[2]
+        return out + (penalty,)
+
+    def edge_gradient(self, params, options, coefficient):
+        """The gradient of the edge-aware smoothness of the logits,
+        ``coefficient/2 sum w_ij ||S_i - S_j||^2`` over every image's pairs,
+        in all the parameters (W and c included).
+
+        Parameters
+        ----------
+        params : Params or ResidualParams
+            With W and c: the logits S = W^T Y + c.
+        options : arrseg.core.Options
+        coefficient : float
+            alpha / n.
+
+        Returns
+        -------
+        float64 ndarray (L,)
+            Flat (:mod:`arrseg.optim.flat`): the blocks' gradients
+            (:func:`arrseg.dask.edges.block_gradient`) added in the
+            fixed-order tree of the loss's sums.
+        """
+        if self.edge_contrast is None:
+            raise ValueError(f"{_WHAT}: edge_gradient needs a problem made with "
+                             "edge_contrast")
+        p = self._fitted_params(_as_params(params), options)
+        spec = (p, dataclasses.replace(options, boundary=self.halo.boundary),
+                float(coefficient), self.ignore_index)
+        chosen = self._chosen(None)
+        if self.client is None:
+            import dask
+
+            task = dask.delayed(_stored_edge_gradient, pure=False)
+            pending = Pending(None, [task(self._blocks[b], spec) for b in chosen],
+                              finish=np.asarray)
+        else:
+            [payload] = self.client.scatter([spec], broadcast=True, hash=False)
+            pending = Pending(self.client, [
+                self.client.submit(_stored_edge_gradient, self._blocks[b], payload)
+                for b in chosen], payload, finish=np.asarray)
+        return pending.result()
 
     def close(self):
         """Release the blocks (on the cluster: drop this problem's futures)."""
@@ -390,10 +462,11 @@ class Pending:
         block chosen, each the block's float64 vector of sums.
     """
 
-    def __init__(self, client, blocks, payload=None):
+    def __init__(self, client, blocks, payload=None, finish=normalise):
         # the scattered parameters are held too: scattered data has no
         # lineage, and a sum lost with a worker is recomputed from them
         self.client, self.blocks, self._payload = client, blocks, payload
+        self._finish = finish
         self._value = None
 
     def result(self, timeout=None):
@@ -426,23 +499,29 @@ class Pending:
             vector = tree_sum(self.blocks, combine).result(timeout=timeout)
             del held
         # the blocks' sums and the parameters are released with the result
-        self._value, self.blocks, self._payload = normalise(vector), [], None
+        self._value, self.blocks, self._payload = self._finish(vector), [], None
         return self._value
 
 
 # -- on the workers -----------------------------------------------------------
 
 
-def _stored_block(x_block, label_chunk, sides, ignore_index):
+def _stored_block(x_block, label_chunk, sides, ignore_index, edge=None):
     """One kept block: (images (n, C, h', w'), labels padded with
-    ignore_index (n, h', w'))."""
-    return x_block, padded_labels(label_chunk, sides, ignore_index)
+    ignore_index (n, h', w'), the weights of its owned pairs or None).
+    ``edge``: (the haloed labelled mask (n, 1, h', w'), the block's origin in
+    the image, (H, W), sigma^2)."""
+    weights = None
+    if edge is not None:
+        labelled, origin, shape_hw, sigma2 = edge
+        weights = owned_weights(x_block, labelled[:, 0], sides, origin, shape_hw, sigma2)
+    return x_block, padded_labels(label_chunk, sides, ignore_index), weights
 
 
 def _block_stats(block, sides, ignore_index):
     """(the chunk's images finite, labels >= 0 or ignore, counts of each
     label >= 0)."""
-    x_block, labels = block
+    x_block, labels = block[0], block[1]
     xp = array_namespace(x_block)
     finite = bool(to_numpy(xp.all(xp.isfinite(_halo.trim(x_block, sides)))))
     lab = to_numpy(labels)
@@ -461,18 +540,33 @@ def _stored_block_sums(block, spec):
 
 
 def _stored_features(block, spec, ignore_index):
-    """(Y (k, m), labels (m,)) at the m labelled pixels of one kept block."""
-    (p, options), (x_block, labels) = spec, block
+    """(Y (k, m), labels (m,)) at the m labelled pixels of one kept block;
+    with a ``gram`` coefficient in spec, its Gram matrix (k, k) third."""
+    (p, options, gram), (x_block, labels, weights) = spec, block
     xp = array_namespace(x_block)
     k = int(p.K.shape[0])
     if 0 in tuple(x_block.shape):
-        return np.zeros((k, 0), dtype=p.K.dtype), np.zeros(0, dtype=np.int64)
+        empty = np.zeros((k, 0), dtype=p.K.dtype), np.zeros(0, dtype=np.int64)
+        return empty if gram is None else empty + (np.zeros((k, k)),)
     if x_block.dtype != p.K.dtype:
         x_block = xp.astype(x_block, p.K.dtype)
     layers = None if p.K_layers is None else (p.K_layers, p.b_layers)
     Y = features(x_block, p.K, p.b, options, xp, layers)          # (n, k, h' w')
-    Y = to_numpy(Y)
     lab = to_numpy(labels).reshape(labels.shape[0], -1)           # (n, h' w')
     counted = lab != ignore_index
-    Y = np.moveaxis(Y, 1, 0)[:, counted]                          # (k, m)
-    return Y, lab[counted]
+    Yc = np.moveaxis(to_numpy(Y), 1, 0)[:, counted]               # (k, m)
+    if gram is None:
+        return Yc, lab[counted]
+    n, _, hh, ww = x_block.shape
+    edges = EdgeSmoothness.from_weights(*weights, alpha=gram, n_pixels=1)
+    G = edges.gram(xp.reshape(Y, (n, k, hh, ww)))
+    return Yc, lab[counted], to_numpy(G).astype(np.float64)
+
+
+def _stored_edge_gradient(block, spec):
+    """:func:`arrseg.dask.edges.block_gradient` of one kept block, as the
+    vector of sums :class:`Pending` adds."""
+    (p, options, coefficient, ignore_index), (x_block, _, weights) = spec, block
+    if x_block.dtype != p.K.dtype:
+        x_block = array_namespace(x_block).astype(x_block, p.K.dtype)
+    return block_gradient(x_block, weights, p, options, coefficient, ignore_index)

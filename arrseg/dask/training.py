@@ -16,7 +16,9 @@ the parameters travel to the blocks and sums come back::
                               the labelled pixels come back (k numbers per
                               labelled pixel) and the classifier is solved
                               here; the reduced gradient is one distributed
-                              gradient sum
+                              gradient sum (with edge_smoothness: a k x k
+                              Gram matrix per block and one more sum,
+                              edges.py)
     "sgd", "adam"          -> BlockBatches: per step the gradient sum over
                               ``batch_size`` blocks (all of them: full batch)
 
@@ -44,6 +46,7 @@ from ..optim.flat import layout_of, unflatten
 from ..optim.newton_cg import ClassifierProblem
 from ..optim.varpro import VarPro
 from ..params import init_params, params_like
+from . import edges
 from .cluster import ChunkedProblem
 
 __all__ = ["BlockBatches", "ChunkedVarPro", "fit"]
@@ -145,8 +148,9 @@ def _like(x, values):
 
 
 def label_statistics(y, settings, largest_image_pixels):
-    """The class count and class weights of dask labels, from one reduction
-    (their distinct values and counts) through the in-memory rules
+    """The class count, the class weights and whether a pixel is unlabelled
+    (``ignore_index``), of dask labels, from one reduction (their distinct
+    values and counts) through the in-memory rules
     (:mod:`arrseg.estimator.classes`)."""
     import dask
     import dask.array as da
@@ -161,7 +165,7 @@ def label_statistics(y, settings, largest_image_pixels):
     per_class[values[inside]] = counts[inside]
     class_weight = classes.resolve_class_weight(None, n_classes, settings,
                                                 counts=per_class)
-    return n_classes, class_weight
+    return n_classes, class_weight, bool(np.any(values == settings.ignore_index))
 
 
 class BlockBatches:
@@ -218,16 +222,28 @@ class ChunkedVarPro(VarPro):
     scribbles), and the reduced gradient is one gradient sum over the blocks
     at the inner minimiser. ``set_data(problem, None, params)`` takes the
     problem in place of the images and labels.
+
+    With ``edge_smoothness`` (and a problem made with ``edge_contrast``) the
+    blocks also send back their Gram matrices of the term (k x k each), the
+    inner problem's penalty, and the reduced gradient adds one more sum over
+    every block, labelled or not: the term's backward pass
+    (:mod:`arrseg.dask.edges`). As in memory, the term is left out when
+    every pixel is labelled.
     """
 
     def set_data(self, x, labels, params):
-        if self.edge_smoothness > 0:
-            raise ValueError(
-                f"ChunkedVarPro: edge_smoothness={self.edge_smoothness!r} is not "
-                "available on a chunked problem (its pairs of neighbouring pixels "
-                "cross the blocks): use edge_smoothness=0")
         problem = x
+        N, _, H, W = problem.shape
+        # with every pixel labelled no pair counts: the term is left out
+        unlabelled = problem.counts.sum() < N * H * W
+        if self.edge_smoothness > 0 and unlabelled and problem.edge_contrast is None:
+            raise ValueError(
+                f"ChunkedVarPro: edge_smoothness={self.edge_smoothness!r} needs a "
+                "ChunkedProblem made with edge_contrast (the weights of the pairs "
+                "of neighbours each block owns)")
         self._problem = problem
+        self._edge_coefficient = (self.edge_smoothness / (N * H * W)
+                                  if self.edge_smoothness > 0 and unlabelled else None)
         self._options = fit_options(
             check_options(self.activation, self.boundary, self.method, self.dilation,
                           self.layer_step, self.layer), params.depth)
@@ -238,16 +254,21 @@ class ChunkedVarPro(VarPro):
         self._n_classes = params.n_classes
 
     def _inner_problem(self, K, b, layers=None):
-        Y, lab = self._problem.labelled_features(self._outer(K, b, layers),
-                                                 self._options)
+        Y, lab, *penalty = self._problem.labelled_features(
+            self._outer(K, b, layers), self._options, gram=self._edge_coefficient)
+        penalty = penalty[0].astype(self._dtype) if penalty else None
         return ClassifierProblem(Y, lab, self._n_classes,
                                  class_weight=self._class_weight,
                                  ignore_index=self.ignore_index,
-                                 weight_decay=self.weight_decay, index=None)
+                                 weight_decay=self.weight_decay, penalty=penalty,
+                                 index=None)
 
     def reduced_gradient(self, params):
         _, flat, _ = self._problem.loss_and_grad(params, self._options,
                                                  self._class_weight)
+        if self._edge_coefficient is not None:   # + the logits' term, unnormalised
+            flat = flat + self._problem.edge_gradient(params, self._options,
+                                                      self._edge_coefficient)
         xp = self._xp
         g = params_like(params, unflatten(xp.asarray(flat.astype(self._dtype)),
                                           layout_of(params), xp))
@@ -289,13 +310,13 @@ def fit(est, images, labels, *, validation=None, progress=None):
 
     start_time = time.perf_counter()
     s = check_settings(est)
-    if est.edge_smoothness == "auto":    # not available here: "auto" means 0
-        s = dataclasses.replace(s, edge_smoothness=0.0)
-    elif s.edge_smoothness > 0:
-        raise ValueError(
-            f"{_WHERE}edge_smoothness={s.edge_smoothness!r} is not available for dask "
-            "images (its pairs of neighbouring pixels cross the chunks): set "
-            "edge_smoothness=0 or 'auto', or fit on images in memory")
+    if s.optimizer != "varpro" and s.edge_smoothness > 0:
+        if est.edge_smoothness != "auto":
+            raise ValueError(
+                f"{_WHERE}edge_smoothness={s.edge_smoothness!r} with dask images "
+                f"trains with optimizer='varpro' only, got optimizer={s.optimizer!r}: "
+                "set edge_smoothness=0 or 'auto', or fit on images in memory")
+        s = dataclasses.replace(s, edge_smoothness=0.0)   # "auto": 0 here
     if validation is None and s.early_stopping:
         raise ValueError(
             f"{_WHERE}early_stopping with dask arrays needs validation=(images, "
@@ -312,7 +333,7 @@ def fit(est, images, labels, *, validation=None, progress=None):
     dtype = image_float_dtype(xp, x.dtype)
     C, H, W = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
     x = x.persist()                         # read once; on the workers with a Client
-    n_classes, class_weight = label_statistics(y, s, H * W)
+    n_classes, class_weight, unlabelled = label_statistics(y, s, H * W)
     mean, std = normalisation(x)
     xn = x.map_blocks(functools.partial(inputs.normalise, mean=mean, std=std,
                                         dtype=dtype, xp=xp), dtype=dtype)
@@ -322,8 +343,14 @@ def fit(est, images, labels, *, validation=None, progress=None):
                          layer_kernel_size=s.layer_kernel_size, seed=est.seed,
                          dtype="float64" if dtype == xp.float64 else "float32")
     est._start_fit(C, n_classes, mean, std, class_weight, params)
-    problem = ChunkedProblem(xn, y, halo_width=s.halo, ignore_index=s.ignore_index,
-                             boundary=s.boundary)
+    # the edge-aware term (left out when every pixel is labelled): its
+    # contrast over the images; one more pixel of halo, for the pairs whose
+    # second pixel is in the next chunk
+    contrast = (edges.contrast_scale(xn) if s.edge_smoothness > 0 and unlabelled
+                else None)
+    problem = ChunkedProblem(xn, y, halo_width=s.halo + (contrast is not None),
+                             ignore_index=s.ignore_index, boundary=s.boundary,
+                             edge_contrast=contrast)
     del x, xn                               # the problem holds the haloed blocks
     if progress is None and s.verbose:
         progress = training.Progress

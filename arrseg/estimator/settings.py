@@ -74,8 +74,8 @@ DEFAULT_LAYER = "residual"
 #: ``layer_kernel_size=``: s_r, the residual layers' kernel size.
 DEFAULT_LAYER_KERNEL_SIZE = 3
 #: ``edge_smoothness=``: the edge-aware smoothness of the logits; "auto" is
-#: :data:`AUTO_EDGE_SMOOTHNESS` on images in memory, 0 on Dask images (where
-#: it is not available).
+#: :data:`AUTO_EDGE_SMOOTHNESS`, except with "sgd" or "adam" on Dask images
+#: (0: not available there).
 DEFAULT_EDGE_SMOOTHNESS = "auto"
 #: What ``edge_smoothness="auto"`` means on images in memory (with the
 #: weights' beta = 20 of :mod:`arrseg.optim.edge_smoothness`): of 0.3, 1
@@ -271,7 +271,7 @@ def check_predict_settings(est, depth):
 
 def _edge_smoothness(value, where):
     """``edge_smoothness``: "auto" (:data:`AUTO_EDGE_SMOOTHNESS`; the Dask
-    fit reads it as 0) or a non-negative number."""
+    fit with "sgd" or "adam" reads it as 0) or a non-negative number."""
     if isinstance(value, str):
         if value != "auto":
             raise ValueError(f"{where}edge_smoothness must be 'auto' or a non-negative "

@@ -65,11 +65,20 @@ def _differences(F, xp):
     return F[:, :, 1:, :] - F[:, :, :-1, :], F[:, :, :, 1:] - F[:, :, :, :-1]
 
 
-def _squared_steps(x, xp):
-    """||x_i - x_j||^2 of the vertical and horizontal pairs, summed over channels."""
+def squared_steps(x, xp):
+    """||x_i - x_j||^2 of the vertical (N, 1, H-1, W) and horizontal
+    (N, 1, H, W-1) pairs, summed over channels."""
     dv, dh = _differences(x, xp)
     return (xp.sum(dv * dv, axis=1, keepdims=True),
             xp.sum(dh * dh, axis=1, keepdims=True))
+
+
+def scale_from_steps(total, count, beta=None):
+    """sigma^2 = m / (2 beta) from the sum ``total`` of ``count`` squared
+    steps (m taken as 1 when there is no pair or no contrast)."""
+    m = total / count if count else 0.0
+    beta = BETA if beta is None else float(beta)
+    return (m if m > 0 and math.isfinite(m) else 1.0) / (2.0 * beta)
 
 
 def contrast_scale(images, beta=None):
@@ -92,12 +101,10 @@ def contrast_scale(images, beta=None):
     total, count = 0.0, 0
     for x in images:
         xp = array_namespace(x)
-        sv, sh = _squared_steps(x, xp)
+        sv, sh = squared_steps(x, xp)
         total += float(xp.sum(xp.astype(sv, xp.float64)) + xp.sum(xp.astype(sh, xp.float64)))
         count += math.prod(sv.shape) + math.prod(sh.shape)
-    m = total / count if count else 0.0
-    beta = BETA if beta is None else float(beta)
-    return (m if m > 0 and math.isfinite(m) else 1.0) / (2.0 * beta)
+    return scale_from_steps(total, count, beta)
 
 
 class EdgeSmoothness:
@@ -132,7 +139,7 @@ class EdgeSmoothness:
     def __init__(self, x, alpha, sigma2, n_pixels=None, labelled=None):
         xp = array_namespace(x)
         self.xp, self.alpha = xp, float(alpha)
-        sv, sh = _squared_steps(x, xp)
+        sv, sh = squared_steps(x, xp)
         self.wv = xp.exp(sv * (-0.5 / sigma2))        # (N, 1, H-1, W)
         self.wh = xp.exp(sh * (-0.5 / sigma2))        # (N, 1, H, W-1)
         if labelled is not None:   # 0 on the pairs of two labelled pixels
@@ -144,6 +151,20 @@ class EdgeSmoothness:
         N, _, H, W = x.shape
         self.n = N * H * W if n_pixels is None else int(n_pixels)
         self.coefficient = self.alpha / self.n
+
+    @classmethod
+    def from_weights(cls, wv, wh, alpha, n_pixels):
+        """The term with given pair weights: ``wv`` (N, 1, H-1, W) of the
+        vertical pairs and ``wh`` (N, 1, H, W-1) of the horizontal ones (0
+        for a pair that does not count), and the normaliser ``n_pixels``.
+        A block of a chunked image uses it with the weights of the pairs it
+        owns (:mod:`arrseg.dask.edges`)."""
+        self = cls.__new__(cls)
+        self.xp, self.alpha = array_namespace(wv, wh), float(alpha)
+        self.wv, self.wh = wv, wh
+        self.n = int(n_pixels)
+        self.coefficient = self.alpha / self.n
+        return self
 
     def laplacian(self, F):
         """L_w F: (L_w F)_i = sum_{j ~ i} w_ij (F_i - F_j), F of shape (N, m, H, W)."""
