@@ -315,16 +315,21 @@ class ChunkedProblem:
         Pending
         """
         spec = self._spec(params, options, class_weight)
-        chosen = self._chosen(blocks)
+        return self._pending(_stored_block_sums, spec, self._chosen(blocks))
+
+    def _pending(self, worker, spec, chosen, finish=normalise):
+        """``worker(block, spec)`` started on each chosen block (its vector
+        of sums), as a :class:`Pending` that adds them up; spec scattered to
+        every worker with a Client."""
         if self.client is None:
             import dask
 
-            task = dask.delayed(_stored_block_sums, pure=False)
-            return Pending(None, [task(self._blocks[b], spec) for b in chosen])
+            task = dask.delayed(worker, pure=False)
+            return Pending(None, [task(self._blocks[b], spec) for b in chosen],
+                           finish=finish)
         [payload] = self.client.scatter([spec], broadcast=True, hash=False)
-        sums = [self.client.submit(_stored_block_sums, self._blocks[b], payload)
-                for b in chosen]
-        return Pending(self.client, sums, payload)
+        sums = [self.client.submit(worker, self._blocks[b], payload) for b in chosen]
+        return Pending(self.client, sums, payload, finish=finish)
 
     def loss_and_grad(self, params, options, class_weight=None, blocks=None):
         """The mean cross-entropy and its gradient over all or some blocks.
@@ -424,19 +429,8 @@ class ChunkedProblem:
         p = self._fitted_params(_as_params(params), options)
         spec = (p, dataclasses.replace(options, boundary=self.halo.boundary),
                 float(coefficient), self.ignore_index)
-        chosen = self._chosen(None)
-        if self.client is None:
-            import dask
-
-            task = dask.delayed(_stored_edge_gradient, pure=False)
-            pending = Pending(None, [task(self._blocks[b], spec) for b in chosen],
-                              finish=np.asarray)
-        else:
-            [payload] = self.client.scatter([spec], broadcast=True, hash=False)
-            pending = Pending(self.client, [
-                self.client.submit(_stored_edge_gradient, self._blocks[b], payload)
-                for b in chosen], payload, finish=np.asarray)
-        return pending.result()
+        return self._pending(_stored_edge_gradient, spec, self._chosen(None),
+                             finish=np.asarray).result()
 
     def close(self):
         """Release the blocks (on the cluster: drop this problem's futures)."""
